@@ -1,0 +1,86 @@
+"""The `hone` command.
+
+hone run CONFIG.yaml [key=value ...] [--address ADDR]   train; with no address, on an embedded local Ray cluster
+hone validate CONFIG.yaml [key=value ...]              check config, model and data; print statistics
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cluster.connect import PlacementError
+from cluster.rundir import RunDirError
+from training.config import ConfigError, load_config, to_yaml
+from training.data import DataError
+from training.models import ModelSourceError
+
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, RunDirError, PlacementError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            return validate(cfg)
+        from cluster.run import run
+
+        run(cfg, address=args.address)
+        return 0
+    except USER_ERRORS as err:
+        print(f"hone: error: {err}", file=sys.stderr)
+        return 1
+
+
+def validate(cfg) -> int:  # type: ignore[no-untyped-def]
+    from training.prepare import prepare
+
+    prepared = prepare(cfg)
+    print("# resolved config")
+    print(to_yaml(cfg))
+    print(format_stats(prepared.summary(), cfg))
+    return 0
+
+
+def format_stats(stats: dict, cfg) -> str:  # type: ignore[no-untyped-def]
+    t, s = cfg.train, cfg.scaling
+    lines = [
+        "# data",
+        f"model:            {stats['model']} ({stats['objective']} LM)",
+        f"format:           {stats['format']}",
+    ]
+    for split in ("train", "eval"):
+        d = stats[split]
+        dropped = ", ".join(f"{n} ({why})" for why, n in d["dropped"].items()) or "0"
+        what = "split into max_seq_len pieces" if cfg.mode == "pretrain" else "truncated to max_seq_len"
+        lines += [
+            f"{split} rows:       {d['rows']}  ->  {d['examples']} examples, {d['tokens']} tokens "
+            f"({d['loss_tokens']} trained on), longest {d['max_tokens']}",
+            f"{split} truncated:  {d['truncated']} rows {what}; dropped: {dropped}",
+        ]
+    lines += [
+        f"packing:          {'on' if cfg.data.packing else 'off'} -> {stats['train_sequences_after_packing']} training sequences",
+        "# batches",
+        f"global batch:     {stats['global_batch']} = micro_batch_per_device {t.micro_batch_per_device} x grad_accum "
+        f"{t.grad_accum} x num_workers {s.num_workers}",
+        f"steps per epoch:  {stats['steps_per_epoch']}",
+        f"total steps:      {stats['total_steps']}" + (" (train.max_steps)" if t.max_steps else f" ({t.num_epochs} epochs)"),
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hone", description="Fine-tune a language model on your own data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "train the mode the config names"), ("validate", "check config, model and data")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("config", help="YAML file of config overrides")
+        cmd.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=1e-5")
+        if name == "run":
+            cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The Ray connection: an embedded local cluster by default, or an existing cluster's address."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+from training.config import ScalingConfig
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot place the requested workers."""
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Join `address`, or start a fresh local cluster that ends with the run.
+
+    An already-connected Ray (a test's cluster, a notebook) is reused and left running. The local
+    cluster gets its own temp dir, so a stale session on a shared machine cannot hijack it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    quiet = {"log_to_driver": True, "logging_level": "WARNING", "include_dashboard": True}
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=os.environ.get("HONE_RAY_TMP", "/tmp"))
+        ray.init(address="local", _temp_dir=temp_dir, **quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
+    bundle = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        bundle["GPU"] = scaling.gpus_per_worker
+    return bundle
+
+
+def check_placement(scaling: ScalingConfig) -> None:
+    """Reserve the workers' bundles once, with a bounded wait, so an impossible request fails with a clear
+    message instead of Ray Train waiting forever. The reservation is released before training."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = worker_bundle(scaling)
+    total = ray.cluster_resources()
+    need = {k: v * scaling.num_workers for k, v in bundle.items()}
+    short = {k: (v, total.get(k, 0.0)) for k, v in need.items() if total.get(k, 0.0) < v}
+    if short:
+        parts = ", ".join(f"{k}: need {v:g}, cluster has {have:g}" for k, (v, have) in short.items())
+        raise PlacementError(f"scaling.num_workers={scaling.num_workers} needs more than the cluster has ({parts}); {_fix()}")
+    group = placement_group([bundle] * scaling.num_workers, strategy=scaling.placement_strategy)
+    try:
+        ready = group.wait(timeout_seconds=scaling.placement_timeout_s)
+    finally:
+        remove_placement_group(group)
+    if not ready:
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        raise PlacementError(
+            f"could not place {scaling.num_workers} workers of {bundle} with strategy {scaling.placement_strategy} "
+            f"within {scaling.placement_timeout_s:g} s; alive nodes offer {nodes}. {_fix()}"
+        )
+
+
+def _fix() -> str:
+    return "lower scaling.num_workers or scaling.cpus_per_worker/gpus_per_worker, relax scaling.placement_strategy, or add nodes"

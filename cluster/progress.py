@@ -1,0 +1,77 @@
+"""Per-step metrics from rank 0 to the driver, across nodes: a small Ray actor the workers push to and
+the driver polls. The driver writes metrics.jsonl and draws the progress bar."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class RunLog:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.workers: dict[int, dict[str, Any]] = {}
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        self.records.append(metrics)
+
+    def worker(self, info: dict[str, Any]) -> None:
+        self.workers[info["rank"]] = info
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.records = self.records, []
+        return out
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        return [self.workers[r] for r in sorted(self.workers)]
+
+
+class MetricsFile:
+    """metrics.jsonl, one line per step. A step logged again (a worker group restarted from an earlier
+    checkpoint) replaces that step and everything after it, so the file never double-counts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[dict[str, Any]] = []
+        if path.exists():
+            self.lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        if any(r["step"] > step for r in self.lines):
+            self.lines = [r for r in self.lines if r["step"] <= step]
+            self._rewrite()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self.lines and record["step"] <= self.lines[-1]["step"]:
+            self.keep_until(record["step"] - 1)
+        self.lines.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _rewrite(self) -> None:
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.lines))
+
+
+def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Event) -> None:
+    """Drain the actor into metrics.jsonl and a tqdm bar (step/total, loss, tokens/s, ETA) until `done`."""
+    from tqdm import tqdm
+
+    start = metrics.lines[-1]["step"] if metrics.lines else 0
+    with tqdm(total=total_steps, initial=start, desc="training", unit="step", dynamic_ncols=True) as bar:
+        while True:
+            finished = done.is_set()
+            for record in ray.get(log.take.remote()):
+                record["time"] = time.time()
+                metrics.add(record)
+                bar.n = record["step"]
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                bar.refresh()
+            if finished:
+                return
+            done.wait(0.5)

@@ -1,0 +1,155 @@
+"""`hone run CONFIG.yaml`: pretrain or sft on a Ray Train worker group running DeepSpeed.
+
+    hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
+
+Reads top to bottom: validate and tokenize (no Ray yet) -> claim the run dir -> start/join Ray ->
+check the workers fit -> evaluate the base model -> train (resumes automatically) -> evaluate the export
+-> summary.json and the before/after table.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.connect import check_placement, ray_session, worker_bundle
+from cluster.progress import MetricsFile, RunLog, follow
+from cluster.rundir import claim
+from training.config import HoneConfig, to_dict
+from training.prepare import Prepared, prepare
+
+
+def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
+    prepared = prepare(cfg)
+    run_dir, state = claim(cfg)
+    if state == "finished":
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
+        print(format_table(summary))
+        return summary
+    print(
+        f"hone: {cfg.mode} run in {run_dir} ({'resuming' if state == 'resume' else 'new'}), "
+        f"{prepared.total_steps} steps of global batch {prepared.global_batch}",
+        flush=True,
+    )
+    started = time.time()
+    with ray_session(address):
+        check_placement(cfg.scaling)
+        before = _eval_before(cfg, prepared, run_dir)
+        workers, metrics = _train(cfg, prepared, run_dir)
+        after = _evaluate(cfg, prepared, str(run_dir / "model"))
+    summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+    return summary
+
+
+def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, float]:
+    """The same evaluation for base and tuned model, as a Ray task with one worker's resources."""
+    import ray
+
+    from training.evaluate import evaluate_model
+
+    bundle = worker_bundle(cfg.scaling)
+    task = ray.remote(evaluate_model).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+    ref = task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt)
+    return ray.get(ref)
+
+
+def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str, float]:
+    # Cached so a resumed run does not pay for the base model's evaluation twice.
+    path = run_dir / "eval_before.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    print("hone: evaluating the base model ...", flush=True)
+    before = _evaluate(cfg, prepared, prepared.resolved_model)
+    path.write_text(json.dumps(before))
+    return before
+
+
+def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> tuple[list[dict[str, Any]], MetricsFile]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.loop import train_worker
+
+    log = RunLog.remote()
+    plan = {
+        "config": to_dict(cfg),
+        "resolved_model": prepared.resolved_model,
+        "kind": prepared.kind,
+        "train_ref": ray.put(prepared.train_examples),
+        "eval_ref": ray.put(prepared.eval_examples),
+        "logger": log,
+        "run_dir": str(run_dir),
+        "total_steps": prepared.total_steps,
+    }
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=plan,
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=worker_bundle(s),
+            placement_strategy=s.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name="checkpoints",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+    )
+    metrics = MetricsFile(run_dir / "metrics.jsonl")
+    done = threading.Event()
+    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done), daemon=True)
+    follower.start()
+    try:
+        trainer.fit()
+    finally:
+        done.set()
+        follower.join()
+    return ray.get(log.worker_info.remote()), metrics
+
+
+def _summary(
+    cfg: HoneConfig,
+    prepared: Prepared,
+    run_dir: Path,
+    before: dict[str, float],
+    after: dict[str, float],
+    workers: list[dict[str, Any]],
+    metrics: MetricsFile,
+    seconds: float,
+) -> dict[str, Any]:
+    steps = [r for r in metrics.lines if "step_seconds" in r]
+    train_seconds = sum(r["step_seconds"] for r in steps)
+    return {
+        "mode": cfg.mode,
+        "objective": prepared.kind,
+        "steps": prepared.total_steps,
+        "global_batch": prepared.global_batch,
+        "tokens_per_s": sum(r["tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
+        "real_tokens_per_s": sum(r["real_tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "wall_seconds": seconds,
+        "model_path": str(run_dir / "model"),
+        "eval": {"before": before, "after": after},
+        "workers": workers,
+        "data": prepared.summary(),
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    before, after = summary["eval"]["before"], summary["eval"]["after"]
+    lines = [f"\n{'held-out metric':<18}{'before':>12}{'after':>12}{'change':>12}"]
+    for key in before:
+        b, a = before[key], after.get(key, float("nan"))
+        lines.append(f"{key:<18}{b:>12.4f}{a:>12.4f}{a - b:>+12.4f}")
+    lines.append(f"model: {summary['model_path']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""hone's foundation: config, data, models, the DeepSpeed training loop, checkpoints, export, eval."""

@@ -1,0 +1,74 @@
+"""Which examples each rank sees at each step, and how they become padded tensors.
+
+The order is a pure function of (seed, epoch, step, micro-step, rank): every example is seen once per
+epoch across all workers, and a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from training.losses import IGNORE, mask_tokens
+from training.tokens import Example
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(num_examples, generator=generator).tolist())
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    # The last partial global batch of an epoch is dropped so every step has the same size.
+    return num_examples // global_batch
+
+
+def example_indices(
+    step: int, micro: int, rank: int, num_examples: int, seed: int, micro_batch: int, grad_accum: int, world_size: int
+) -> list[int]:
+    global_size = micro_batch * grad_accum * world_size
+    epoch, position = divmod(step, steps_per_epoch(num_examples, global_size))
+    order = _epoch_order(num_examples, seed, epoch)
+    start = position * global_size + (micro * world_size + rank) * micro_batch
+    return list(order[start : start + micro_batch])
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Packed examples get no attention mask: their restarting
+    position_ids keep sequences apart, and the padding becomes one more (ignored) sequence."""
+    width = max(len(e["input_ids"]) for e in examples)
+    packed = "position_ids" in examples[0]
+    input_ids, labels, attention, positions = [], [], [], []
+    for e in examples:
+        pad = width - len(e["input_ids"])
+        input_ids.append(e["input_ids"] + [pad_id] * pad)
+        if "labels" in e:
+            labels.append(e["labels"] + [IGNORE] * pad)
+        if "special_mask" in e:
+            labels.append(e["special_mask"] + [1] * pad)  # padding is never masked for MLM
+        attention.append([1] * len(e["input_ids"]) + [0] * pad)
+        if packed:
+            positions.append(e["position_ids"] + list(range(pad)))
+    batch = {"input_ids": torch.tensor(input_ids)}
+    if packed:
+        batch["position_ids"] = torch.tensor(positions)
+    else:
+        batch["attention_mask"] = torch.tensor(attention)
+    key = "special_mask" if "special_mask" in examples[0] else "labels"
+    batch[key] = torch.tensor(labels)
+    batch["num_real_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in examples))
+    return batch
+
+
+def apply_mlm_masking(
+    batch: dict[str, torch.Tensor], probability: float, mask_token_id: int, vocab_size: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Masked-LM targets for a collated batch; the seed makes the masking reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    maskable = batch.pop("special_mask") == 0
+    batch["input_ids"], batch["labels"] = mask_tokens(
+        batch["input_ids"], maskable, probability, mask_token_id, vocab_size, generator
+    )
+    return batch

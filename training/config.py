@@ -1,0 +1,349 @@
+"""The one typed config schema for every hone run.
+
+A YAML file holds overrides only; everything else takes the defaults below. Loading validates the whole
+tree before any Ray resource is taken: unknown keys name the nearest valid key, bad values name the
+field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem the user must fix; the message says where and how."""
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face directory, a .gguf file, or a hub id such as "HuggingFaceTB/SmolLM2-135M".
+    source: str = ""
+    trust_remote_code: bool = False
+    # auto: masked LM for encoder-only models (BERT-style), causal LM otherwise.
+    objective: Literal["auto", "causal", "masked"] = "auto"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # "all-linear" or a list of module names such as [q_proj, v_proj].
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class DataConfig:
+    # Files (jsonl, json, csv, parquet, txt, md), folders of txt/md files, or a saved `datasets` directory.
+    train: list[str] = field(default_factory=list)
+    format: Literal["auto", "text", "prompt_completion", "messages", "instruction"] = "auto"
+    # A fraction of the rows held out, or a list of files holding the eval rows.
+    eval: float | list[str] = 0.1
+    max_seq_len: int = 512
+    packing: bool = False
+    # Share of tokens masked for masked-LM pretraining.
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    # The decayed schedule ends at lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrainConfig:
+    num_epochs: int = 1
+    # 0 means "derived from num_epochs and the data".
+    max_steps: int = 0
+    micro_batch_per_device: int = 4
+    grad_accum: int = 1
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # auto: bf16 on GPUs that support it, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # ZeRO-3 keeps parameters smaller than this unpartitioned (DeepSpeed's default is 1e5).
+    param_persistence_threshold: int = 100_000
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # How long to wait for the cluster to place every worker before giving up with an error.
+    placement_timeout_s: float = 60.0
+    # Worker-group restarts Ray Train may make after a worker dies; each resumes from the last checkpoint.
+    max_failures: int = 2
+
+
+@dataclass
+class CheckpointConfig:
+    # 0 means only the end of training.
+    every_steps: int = 0
+    keep: int = 2
+
+
+@dataclass
+class EvalConfig:
+    # Held-out loss every N steps (0: only before and after training).
+    every_steps: int = 0
+    # Greedy generation settings for exact match (sft).
+    max_new_tokens: int = 32
+    max_samples: int = 64
+    batch_size: int = 8
+
+
+@dataclass
+class HoneConfig:
+    mode: Literal["pretrain", "sft"] = "sft"
+    output_dir: str = "runs/latest"
+    # Replace an output dir that holds a different run. Without it hone refuses and touches nothing.
+    overwrite: bool = False
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading: YAML + dotted overrides -> typed, checked HoneConfig
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> HoneConfig:  # type: ignore[assignment]
+    """Read a YAML file of overrides, apply `key=value` overrides on top, and validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found: pass the path of a YAML config")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+        raw = _resolve_relative_paths(raw, path.parent)
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = build(HoneConfig, raw, prefix="")
+    check(cfg)
+    return cfg
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Data and model paths in a config file are relative to that file, so configs travel with data."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "eval"):
+            value = data.get(key)
+            if isinstance(value, str):
+                value = [value]
+            if isinstance(value, list):
+                data[key] = [_rebase(v, base) for v in value]
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("source"), str):
+        candidate = _rebase(model["source"], base)
+        if Path(candidate).exists() or model["source"].startswith("."):
+            model["source"] = candidate
+    return raw
+
+
+def _rebase(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as YAML (1e-5, true, [a, b])."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, for example optim.lr=1e-5")
+    key, _, text = item.partition("=")
+    value = yaml.safe_load(text) if text else ""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Turn a nested dict into the dataclass `cls`, checking keys and types against the annotations."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name in names:
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(hint)}")
+    if origin is list:
+        if isinstance(value, str) and typing.get_args(hint)[0] is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        return [_coerce(typing.get_args(hint)[0], v, key) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-5" as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _describe(hint: Any) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(hint))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Value checks: ranges and combinations that types alone cannot express
+
+
+def check(cfg: HoneConfig) -> None:
+    """Raise ConfigError naming the field, the bad value and the fix."""
+    _require(
+        cfg.model.source != "", "model.source", cfg.model.source, "set it to a local model directory, a .gguf file or a hub id"
+    )
+    _require(len(cfg.data.train) > 0, "data.train", cfg.data.train, "list at least one data file or folder")
+    _positive(cfg, "train.micro_batch_per_device", "train.grad_accum", "train.num_epochs", "data.max_seq_len")
+    _positive(cfg, "scaling.num_workers", "scaling.cpus_per_worker", "eval.batch_size", "eval.max_new_tokens")
+    _positive(cfg, "optim.lr", "lora.rank", "lora.alpha", "checkpoint.keep", "scaling.placement_timeout_s")
+    _non_negative(cfg, "train.max_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip")
+    _non_negative(cfg, "checkpoint.every_steps", "eval.every_steps", "eval.max_samples", "scaling.max_failures")
+    _non_negative(cfg, "deepspeed.param_persistence_threshold")
+    z = cfg.deepspeed.zero_stage
+    _require(z in (0, 1, 2, 3), "deepspeed.zero_stage", z, "use 0, 1, 2 or 3")
+    _require(
+        not cfg.deepspeed.offload_params or z == 3,
+        "deepspeed.offload_params",
+        True,
+        "parameter offload needs deepspeed.zero_stage=3",
+    )
+    _require(
+        not cfg.deepspeed.offload_optimizer or z >= 1,
+        "deepspeed.offload_optimizer",
+        True,
+        "optimizer offload needs deepspeed.zero_stage of 1 or more",
+    )
+    _require(0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", cfg.lora.dropout, "use a value in [0, 1)")
+    _require(0.0 < cfg.data.mlm_probability < 1.0, "data.mlm_probability", cfg.data.mlm_probability, "use a value in (0, 1)")
+    _require(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", cfg.optim.min_lr_ratio, "use a value in [0, 1]")
+    _require(
+        len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+        "optim.betas",
+        cfg.optim.betas,
+        "give two values in [0, 1), e.g. [0.9, 0.999]",
+    )
+    if isinstance(cfg.data.eval, float):
+        _require(0.0 < cfg.data.eval < 1.0, "data.eval", cfg.data.eval, "give a fraction in (0, 1) or a list of eval files")
+    if not cfg.scaling.use_gpu:
+        _require(cfg.deepspeed.precision != "fp16", "deepspeed.precision", "fp16", "fp16 needs a GPU; use auto or fp32 on CPU")
+
+
+def _require(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
+
+
+def _get(cfg: HoneConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _positive(cfg: HoneConfig, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        _require(value > 0, key, value, "it must be greater than 0")
+
+
+def _non_negative(cfg: HoneConfig, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        _require(value >= 0, key, value, "it must be 0 or more")
+
+
+def to_dict(cfg: HoneConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: HoneConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(raw: dict[str, Any]) -> HoneConfig:
+    cfg = build(HoneConfig, raw, prefix="")
+    check(cfg)
+    return cfg

@@ -1,0 +1,196 @@
+"""Reading the user's data: files to rows, rows to a detected format, with errors that name the row.
+
+Rows keep where they came from (`_source`: "file:line") so every later error can point at the row.
+Tokenization and packing live in `training/tokens.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from training.config import DataConfig
+
+TEXT_SUFFIXES = {".txt", ".md"}
+# The fields each format needs, in detection order: the first format whose fields the first row holds wins.
+FORMAT_FIELDS = {
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "output"),
+    "text": ("text",),
+}
+
+
+class DataError(ValueError):
+    """A data problem the user must fix; the message names the file, the row and the fix."""
+
+
+Row = dict[str, Any]
+
+
+def load_rows(paths: list[str]) -> list[Row]:
+    """Read every file or folder in `paths` into one list of rows."""
+    rows: list[Row] = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist: check data.train / data.eval in your config")
+        found = _read_path(path)
+        if not found:
+            raise DataError(f"data file {path} holds no rows: add examples or remove it from the config")
+        rows.extend(found)
+    return rows
+
+
+def _read_path(path: Path) -> list[Row]:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return _read_saved_dataset(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"folder {path} has no .txt or .md files and is not a saved `datasets` directory")
+        return [row for f in files for row in _read_text_file(f)]
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".csv", ".parquet"):
+        return _read_table(path)
+    if suffix in TEXT_SUFFIXES:
+        return _read_text_file(path)
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, .txt or .md")
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    # Parsed by hand rather than with `datasets`, whose JSON errors do not say which line is broken.
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg}); fix or delete line {number}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+        row["_source"] = f"{path}:{number}"
+        rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> list[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path}: a .json data file must hold a list of objects (or {{'data': [...]}})")
+    return [{**row, "_source": f"{path}[{i}]"} for i, row in enumerate(data)]
+
+
+def _read_table(path: Path) -> list[Row]:
+    import datasets
+
+    reader = datasets.Dataset.from_csv if path.suffix.lower() == ".csv" else datasets.Dataset.from_parquet
+    table = reader(str(path), keep_in_memory=True)
+    # CSV rows are numbered as a spreadsheet shows them: the header is row 1.
+    first = 2 if path.suffix.lower() == ".csv" else 0
+    return [{**row, "_source": f"{path}:row {first + i}"} for i, row in enumerate(table.to_list())]
+
+
+def _read_saved_dataset(path: Path) -> list[Row]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DataError(f"{path}: saved DatasetDict has splits {list(loaded)}, but no 'train' split")
+        loaded = loaded["train"]
+    return [{**row, "_source": f"{path}[{i}]"} for i, row in enumerate(loaded.to_list())]
+
+
+def _read_text_file(path: Path) -> list[Row]:
+    text = path.read_text(encoding="utf-8")
+    return [{"text": text, "_source": str(path)}] if text.strip() else []
+
+
+def detect_format(rows: list[Row], requested: str) -> str:
+    """The format named in the config, or the first one whose fields the first row holds."""
+    if requested != "auto":
+        return requested
+    first = rows[0]
+    for fmt, fields in FORMAT_FIELDS.items():
+        if all(f in first for f in fields):
+            return fmt
+    keys = sorted(k for k in first if k != "_source")
+    raise DataError(
+        f"{first['_source']}: cannot tell the data format from fields {keys}. Rows need 'text'; "
+        "'prompt' and 'completion'; 'messages'; or 'instruction' and 'output'. Rename the fields or set data.format"
+    )
+
+
+def check_rows(rows: list[Row], fmt: str) -> None:
+    """Every row must hold the fields of the format, as strings (or a message list)."""
+    for row in rows:
+        for name in FORMAT_FIELDS[fmt]:
+            if name not in row or row[name] is None:
+                raise DataError(
+                    f"{row['_source']}: row is missing field '{name}' needed by format {fmt!r}; "
+                    f"add it to every row or set data.format to match the data"
+                )
+        if fmt == "messages":
+            _check_messages(row)
+        else:
+            for name in FORMAT_FIELDS[fmt]:
+                if not isinstance(row[name], str):
+                    raise DataError(f"{row['_source']}: field '{name}' must be a string, got {type(row[name]).__name__}")
+
+
+def _check_messages(row: Row) -> None:
+    messages = row["messages"]
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    )
+    if not ok:
+        raise DataError(f"{row['_source']}: 'messages' must be a list of {{'role': ..., 'content': ...}} objects")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{row['_source']}: 'messages' has no assistant turn, so there is nothing to learn")
+
+
+def check_mode(fmt: str, mode: str, source: str) -> None:
+    if mode == "pretrain" and fmt != "text":
+        raise DataError(f"{source}: mode pretrain needs unlabeled 'text' rows, but the data is {fmt!r}; use mode: sft")
+    if mode == "sft" and fmt == "text":
+        raise DataError(
+            f"{source}: mode sft needs labelled pairs (prompt/completion, messages or instruction/output), "
+            "but the data is plain 'text'; use mode: pretrain for unlabeled text"
+        )
+
+
+def split_rows(rows: list[Row], data: DataConfig, seed: int) -> tuple[list[Row], list[Row]]:
+    """Held-out rows: a seeded fraction of the training rows, or the rows of the eval files."""
+    if isinstance(data.eval, list):
+        return rows, load_rows(data.eval)
+    if len(rows) < 2:
+        raise DataError(f"{rows[0]['_source']}: one row cannot be split into train and eval; add rows or set data.eval to a file")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    num_eval = min(len(rows) - 1, max(1, round(len(rows) * data.eval)))
+    held = set(order[:num_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def read_dataset(data: DataConfig, mode: str, seed: int) -> tuple[str, list[Row], list[Row]]:
+    """Load, detect, check and split: the format, the train rows and the eval rows."""
+    rows = load_rows(data.train)
+    fmt = detect_format(rows, data.format)
+    check_rows(rows, fmt)
+    check_mode(fmt, mode, rows[0]["_source"])
+    train_rows, eval_rows = split_rows(rows, data, seed)
+    check_rows(eval_rows, fmt)
+    return fmt, train_rows, eval_rows

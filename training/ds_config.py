@@ -1,0 +1,56 @@
+"""The DeepSpeed JSON, generated from the typed config. This function owns the batch-size arithmetic:
+
+global_batch = micro_batch_per_device * grad_accum * world_size
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.config import HoneConfig
+
+
+def global_batch(cfg: HoneConfig) -> int:
+    return cfg.train.micro_batch_per_device * cfg.train.grad_accum * cfg.scaling.num_workers
+
+
+def resolve_precision(cfg: HoneConfig, gpu_supports_bf16: bool) -> str:
+    """auto: bf16 on GPUs that have it, fp32 on CPU (CPU bf16 matmuls are slow and lossy for training)."""
+    if cfg.deepspeed.precision != "auto":
+        return cfg.deepspeed.precision
+    return "bf16" if cfg.scaling.use_gpu and gpu_supports_bf16 else "fp32"
+
+
+def deepspeed_config(cfg: HoneConfig, precision: str) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_per_device,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "train_batch_size": global_batch(cfg),
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.optim.lr,
+                "betas": list(cfg.optim.betas),
+                "eps": 1e-8,
+                "weight_decay": cfg.optim.weight_decay,
+                # DeepSpeed's fused Adam JIT-compiles a native op with gcc (~80 s); torch's AdamW is
+                # as fast on CPU. On GPU the fused kernel is worth it.
+                "torch_adam": not cfg.scaling.use_gpu,
+            },
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

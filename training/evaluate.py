@@ -1,0 +1,81 @@
+"""The before/after evaluation: the same function scores the base model and the exported one.
+
+pretrain: held-out `loss` and `perplexity` (for masked LMs, over a fixed, seeded masking).
+sft:      held-out `loss` on completion tokens, and `exact_match` of greedy generations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from training.batches import apply_mlm_masking, collate
+from training.config import HoneConfig
+from training.data import Row
+from training.loop import forward_loss_sum
+from training.tokens import Example, generation_prompt, reference_completion
+
+
+def evaluate_model(
+    cfg: HoneConfig, model_dir: str, kind: str, examples: list[Example], rows: list[Row], fmt: str
+) -> dict[str, float]:
+    import torch
+
+    from training.models import load_model, load_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, model_dir)
+    model = load_model(cfg.model, model_dir, kind).eval()
+    loss = heldout_loss(model, tokenizer, examples, cfg, kind)
+    if cfg.mode == "pretrain":
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return {"loss": loss, "exact_match": exact_match(model, tokenizer, rows, fmt, cfg)}
+
+
+def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig, kind: str) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    size = cfg.eval.batch_size
+    with torch.no_grad():
+        for start in range(0, len(examples), size):
+            batch = collate(examples[start : start + size], tokenizer.pad_token_id)
+            batch.pop("num_real_tokens")
+            if kind == "masked":
+                # Seeded by position in the eval set, so before and after see the same masks.
+                batch = apply_mlm_masking(
+                    batch, cfg.data.mlm_probability, tokenizer.mask_token_id, len(tokenizer), cfg.seed + start
+                )
+            loss_sum, n = forward_loss_sum(model, batch, kind)
+            total += float(loss_sum)
+            count += int(n)
+    return total / max(count, 1)
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split()).strip()
+
+
+def exact_match(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> float:
+    """Share of held-out prompts whose greedy completion equals the reference (whitespace-normalized)."""
+    import torch
+
+    rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
+    hits = 0
+    for start in range(0, len(rows), cfg.eval.batch_size):
+        chunk = rows[start : start + cfg.eval.batch_size]
+        prompts = [generation_prompt(r, fmt, tokenizer) for r in chunk]
+        inputs = tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=not tokenizer.chat_template or fmt == "prompt_completion",
+        )
+        with torch.no_grad():
+            out = model.generate(
+                **inputs, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        completions = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        hits += sum(normalize(c) == normalize(reference_completion(r, fmt, tokenizer)) for c, r in zip(completions, chunk))
+    return hits / max(len(rows), 1)

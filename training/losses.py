@@ -1,0 +1,67 @@
+"""Pure functions for the math: losses, masking, the LR schedule. No Ray, no process group."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and the number of target tokens.
+
+    Position t predicts labels[t + 1]; tokens labelled -100 (prompts, padding) count for nothing.
+    Returning the sum and the count lets callers average over a batch or over many ranks exactly.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss_sum, (shift_labels != IGNORE).sum()
+
+
+def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy on the masked positions only (no shift: each position predicts itself)."""
+    loss_sum = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss_sum, (labels != IGNORE).sum()
+
+
+def mean_loss(loss_sum: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+    return loss_sum / num_tokens.clamp(min=1)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    probability: float,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking: pick `probability` of the maskable tokens as targets; of those, 80% become
+    [MASK], 10% a random token and 10% stay. Returns (masked input ids, labels with -100 off-target)."""
+    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & maskable
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    roll = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    masked = torch.where(chosen & (roll < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    masked = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, masked)
+    return masked, labels
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, min_ratio: float) -> float:
+    """The factor on the base LR after `step` optimizer steps: linear warmup, then the chosen decay."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * shape

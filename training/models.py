@@ -1,0 +1,121 @@
+"""Models and tokenizers from a local directory, a GGUF file or a hub id, plus LoRA.
+
+A GGUF file is converted once to a plain Hugging Face directory and cached: conversion takes ~30 s for a
+135M model, reloading the cache well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from training.config import LoraConfig, ModelConfig
+
+CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
+
+
+class ModelSourceError(ValueError):
+    """The model source cannot be used; the message says why and what to set instead."""
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.endswith(".gguf") or Path(source).exists()
+
+
+def resolve_source(source: str) -> str:
+    """A local directory to load from, or the hub id unchanged. GGUF files are converted (and cached)."""
+    if not looks_like_path(source):
+        if source.count("/") > 1 or not source.strip():
+            raise ModelSourceError(f"model.source={source!r} is neither an existing path nor a hub id like org/name")
+        return source
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise ModelSourceError(f"model.source: {path} does not exist; point it at a model directory or .gguf file")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSourceError(f"model.source: {path} is a file but not .gguf; use a model directory or a .gguf file")
+        return str(convert_gguf(path))
+    if not (path / "config.json").exists():
+        raise ModelSourceError(f"model.source: {path} has no config.json, so it is not a Hugging Face model directory")
+    return str(path)
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantize a GGUF file into an ordinary HF directory, once; later calls reuse the cache."""
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = CACHE_DIR / "gguf" / f"{path.stem}-{key}"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"hone: converting {path.name} from GGUF to a cached model directory (once, ~30 s) ...", flush=True)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # A GGUF-loaded model is marked quantized and save_pretrained refuses it: rebuild a plain one.
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_tokenizer(model: ModelConfig, resolved: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def objective(model: ModelConfig, resolved: str) -> str:
+    """causal or masked: set in the config, or read off the model's architecture."""
+    if model.objective != "auto":
+        return model.objective
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(resolved, trust_remote_code=model.trust_remote_code)
+    for arch in config.architectures or []:
+        if arch.endswith(("ForMaskedLM", "ForPreTraining")):
+            return "masked"
+        if arch.endswith("ForCausalLM"):
+            return "causal"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked"
+    raise ModelSourceError(f"model.source: cannot train a {config.model_type!r} model as a causal or masked LM")
+
+
+def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+    return auto.from_pretrained(resolved, trust_remote_code=model.trust_remote_code, dtype=dtype or torch.float32)
+
+
+def add_lora(module: Any, lora: LoraConfig, kind: str) -> Any:
+    """Wrap the model in a peft LoRA adapter; only adapter weights train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=TaskType.CAUSAL_LM if kind == "causal" else None,
+    )
+    return get_peft_model(module, peft_config)

@@ -1,0 +1,88 @@
+"""Everything checked and computed before any Ray resource is taken: model source, data, tokens, steps.
+
+`hone validate` prints what this returns; `hone run` trains on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from training.batches import steps_per_epoch
+from training.config import HoneConfig
+from training.data import DataError, Row, read_dataset
+from training.ds_config import global_batch
+from training.models import load_tokenizer, objective, resolve_source
+from training.tokens import Example, TokenStats, build_pretrain, build_supervised, pack
+
+
+@dataclass
+class Prepared:
+    resolved_model: str
+    kind: str  # causal | masked
+    fmt: str
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    train_examples: list[Example]
+    eval_examples: list[Example]
+    train_stats: TokenStats
+    eval_stats: TokenStats
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.resolved_model,
+            "objective": self.kind,
+            "format": self.fmt,
+            "train": self.train_stats.as_dict(),
+            "eval": self.eval_stats.as_dict(),
+            "train_sequences_after_packing": len(self.train_examples),
+            "global_batch": self.global_batch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+        }
+
+
+def prepare(cfg: HoneConfig) -> Prepared:
+    resolved = resolve_source(cfg.model.source)
+    kind = objective(cfg.model, resolved)
+    if cfg.mode == "sft" and kind == "masked":
+        raise DataError("mode sft needs a causal (decoder) model, but model.source is an encoder: use mode: pretrain")
+    tokenizer = load_tokenizer(cfg.model, resolved)
+    if kind == "masked" and tokenizer.mask_token_id is None:
+        raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
+    fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
+    train, train_stats = _tokenize(cfg, kind, fmt, train_rows, tokenizer)
+    evals, eval_stats = _tokenize(cfg, kind, fmt, eval_rows, tokenizer)
+    _require_examples(train, train_stats, cfg, "data.train")
+    _require_examples(evals, eval_stats, cfg, "the eval split")
+    if cfg.data.packing and kind == "causal":
+        train = pack(train, cfg.data.max_seq_len)
+    batch = global_batch(cfg)
+    per_epoch = steps_per_epoch(len(train), batch)
+    if per_epoch == 0:
+        raise DataError(
+            f"the global batch ({batch} = micro_batch_per_device {cfg.train.micro_batch_per_device} x grad_accum "
+            f"{cfg.train.grad_accum} x num_workers {cfg.scaling.num_workers}) is larger than the {len(train)} training "
+            "sequences: add data or lower train.micro_batch_per_device / train.grad_accum / scaling.num_workers"
+        )
+    total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
+    return Prepared(resolved, kind, fmt, train_rows, eval_rows, train, evals, train_stats, eval_stats, batch, per_epoch, total)
+
+
+def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any) -> tuple[list[Example], TokenStats]:
+    if cfg.mode == "pretrain":
+        return build_pretrain(rows, tokenizer, cfg.data.max_seq_len, masked=kind == "masked")
+    return build_supervised(rows, fmt, tokenizer, cfg.data.max_seq_len)
+
+
+def _require_examples(examples: list[Example], stats: TokenStats, cfg: HoneConfig, where: str) -> None:
+    if examples:
+        return
+    reasons = "; ".join(f"{n} {why}" for why, n in stats.dropped.items()) or "no usable rows"
+    raise DataError(
+        f"{where}: every one of the {stats.num_rows} examples was dropped ({reasons}). Every example is longer "
+        f"than data.max_seq_len={cfg.data.max_seq_len}: raise data.max_seq_len or shorten the prompts"
+    )

@@ -1,0 +1,202 @@
+"""Rows to token examples: what the model sees, and which tokens count toward the loss.
+
+An example is a dict of token lists: `input_ids` and `labels` (-100 where the loss ignores a token), plus
+`position_ids` when packed. Masked-LM examples carry `special_mask` instead of labels; the masking itself
+happens per batch (training/losses.py) so every epoch masks differently but reproducibly.
+
+Supervised rows follow TRL's SFTTrainer conventions exactly (EOS appended to plain completions, the
+completion starting where prompt and prompt+completion tokens diverge), so hone's loss matches TRL's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl.data_utils import common_prefix_length, pack_dataset
+
+from training.data import DataError, Row
+
+IGNORE = -100
+Example = dict[str, list[int]]
+
+
+@dataclass
+class TokenStats:
+    num_rows: int = 0
+    num_examples: int = 0
+    num_tokens: int = 0
+    num_loss_tokens: int = 0
+    num_truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    max_tokens: int = 0
+
+    def add(self, example: Example) -> None:
+        self.num_examples += 1
+        self.num_tokens += len(example["input_ids"])
+        labels = example.get("labels")
+        self.num_loss_tokens += sum(t != IGNORE for t in labels) if labels is not None else len(example["input_ids"])
+        self.max_tokens = max(self.max_tokens, len(example["input_ids"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.num_rows,
+            "examples": self.num_examples,
+            "tokens": self.num_tokens,
+            "loss_tokens": self.num_loss_tokens,
+            "truncated": self.num_truncated,
+            "dropped": dict(self.dropped),
+            "max_tokens": self.max_tokens,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Supervised: prompt -> completion, loss on the completion only
+
+
+def prompt_and_completion(row: Row, fmt: str, tokenizer: Any) -> tuple[Any, Any]:
+    """The row as (prompt, completion): strings, or message lists for chat data."""
+    if fmt == "prompt_completion":
+        return row["prompt"], row["completion"]
+    if fmt == "instruction":
+        request = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        if tokenizer.chat_template:
+            return [{"role": "user", "content": request}], [{"role": "assistant", "content": row["output"]}]
+        return f"### Instruction:\n{request}\n\n### Response:\n", row["output"]
+    if fmt == "messages":
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return messages[:last], messages[last:]
+    raise ValueError(f"format {fmt} has no prompt and completion")
+
+
+def tokenize_supervised(row: Row, fmt: str, tokenizer: Any) -> Example:
+    if fmt == "messages" and not tokenizer.chat_template:
+        raise DataError(
+            f"{row['_source']}: chat 'messages' need a tokenizer with a chat template, and this model has none; "
+            "use prompt/completion rows or a model with a chat template"
+        )
+    if fmt == "messages":
+        return _tokenize_chat(row["messages"], tokenizer)
+    prompt, completion = prompt_and_completion(row, fmt, tokenizer)
+    if isinstance(prompt, list):
+        return _tokenize_chat(prompt + completion, tokenizer)
+    eos = tokenizer.eos_token or ""
+    if not completion.endswith(eos):
+        completion += eos
+    prompt_ids = tokenizer(text=prompt)["input_ids"]
+    full_ids = tokenizer(text=prompt + completion)["input_ids"]
+    start = common_prefix_length(prompt_ids, full_ids)
+    return {"input_ids": full_ids, "labels": [IGNORE] * start + full_ids[start:]}
+
+
+def _tokenize_chat(messages: list[dict], tokenizer: Any) -> Example:
+    """Render with the model's chat template; every assistant turn is a target, everything else is masked.
+
+    Each assistant turn's tokens are found by rendering the conversation up to it (with the generation
+    prompt) and up to its end: the tokens in between are what the assistant said.
+    """
+    full_ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE] * len(full_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = common_prefix_length(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), full_ids)
+        end = common_prefix_length(_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False), full_ids)
+        labels[start:end] = full_ids[start:end]
+    return {"input_ids": full_ids, "labels": labels}
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    if not messages:
+        return []
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"])
+
+
+def generation_prompt(row: Row, fmt: str, tokenizer: Any) -> str:
+    """The text a model is given at eval time: the prompt exactly as training rendered it."""
+    prompt, _ = prompt_and_completion(row, fmt, tokenizer)
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def reference_completion(row: Row, fmt: str, tokenizer: Any) -> str:
+    _, completion = prompt_and_completion(row, fmt, tokenizer)
+    if isinstance(completion, list):
+        return completion[0]["content"]
+    return completion
+
+
+def build_supervised(rows: list[Row], fmt: str, tokenizer: Any, max_seq_len: int) -> tuple[list[Example], TokenStats]:
+    """Tokenize every row; cut ones longer than max_seq_len, drop ones whose prompt alone fills it."""
+    stats = TokenStats(num_rows=len(rows))
+    examples = []
+    for row in rows:
+        example = tokenize_supervised(row, fmt, tokenizer)
+        if len(example["input_ids"]) > max_seq_len:
+            example = {k: v[:max_seq_len] for k, v in example.items()}
+            if all(t == IGNORE for t in example["labels"]):
+                stats.dropped["prompt fills max_seq_len, no completion token left"] += 1
+                continue
+            stats.num_truncated += 1
+        stats.add(example)
+        examples.append(example)
+    return examples, stats
+
+
+# ----------------------------------------------------------------------------------------------------
+# Self-supervised: plain text
+
+
+def build_pretrain(rows: list[Row], tokenizer: Any, max_seq_len: int, masked: bool) -> tuple[list[Example], TokenStats]:
+    """Tokenize each document and split it into max_seq_len pieces, so no text is thrown away."""
+    stats = TokenStats(num_rows=len(rows))
+    examples = []
+    for row in rows:
+        ids = tokenizer(text=row["text"], add_special_tokens=masked)["input_ids"]
+        if not masked and tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        if len(ids) < 2:
+            stats.dropped["text shorter than 2 tokens"] += 1
+            continue
+        if len(ids) > max_seq_len:
+            stats.num_truncated += 1  # counted as "split", nothing is lost
+        for start in range(0, len(ids), max_seq_len):
+            piece = ids[start : start + max_seq_len]
+            if len(piece) < 2:
+                continue
+            example = _masked_example(piece, tokenizer) if masked else {"input_ids": piece, "labels": list(piece)}
+            stats.add(example)
+            examples.append(example)
+    return examples, stats
+
+
+def _masked_example(ids: list[int], tokenizer: Any) -> Example:
+    special = set(tokenizer.all_special_ids)
+    return {"input_ids": ids, "special_mask": [int(t in special) for t in ids]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Packing
+
+
+def pack(examples: list[Example], max_seq_len: int) -> list[Example]:
+    """Best-fit-decreasing packing with TRL's `pack_dataset`; position_ids restart at each sequence.
+
+    Restarting position_ids (with no attention mask) is what tells transformers to keep packed sequences
+    from attending to each other, so packing changes speed, not the math.
+    """
+    import datasets
+
+    columns = {k: [e[k] for e in examples] for k in ("input_ids", "labels")}
+    packed = pack_dataset(datasets.Dataset.from_dict(columns), seq_length=max_seq_len, strategy="bfd")
+    out = []
+    for row in packed:
+        positions = [p for n in row["seq_lengths"] for p in range(n)]
+        # A sequence's first token has no context inside its sequence, as when unpacked: no loss on it.
+        labels = [IGNORE if p == 0 else t for p, t in zip(positions, row["labels"])]
+        out.append({"input_ids": row["input_ids"], "labels": labels, "position_ids": positions})
+    return out
