@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,12 +27,12 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    quiet = {"log_to_driver": True, "logging_level": "WARNING", "include_dashboard": True}
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
         temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=os.environ.get("HONE_RAY_TMP", "/tmp"))
-        ray.init(address="local", _temp_dir=temp_dir, **quiet)
+        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
+        ray.init(address="local", _temp_dir=temp_dir, include_dashboard=True, logging_level=logging.WARNING)
     try:
         yield
     finally:

@@ -77,7 +77,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> tuple[list[dic
 
     from training.loop import train_worker
 
-    log = RunLog.remote()
+    log = RunLog.remote()  # type: ignore[attr-defined]
     plan = {
         "config": to_dict(cfg),
         "resolved_model": prepared.resolved_model,

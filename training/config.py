@@ -217,7 +217,7 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, prefix=f"{key}.")
     origin = typing.get_origin(hint)
     if origin is Literal:

@@ -71,6 +71,7 @@ def train_worker(plan: dict[str, Any]) -> None:
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
     export_model(engine, cfg, plan, tokenizer, rank)
+    logger.worker.remote({**_worker_info(engine, cfg, rank), "peak_rss_mb": _peak_rss_mb()})
     engine.destroy()
     dist.barrier()
     dist.destroy_process_group()
@@ -138,8 +139,10 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str, torch: Any
 def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, Any]:
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    logits = model(**inputs).logits
-    return causal_lm_loss_sum(logits, labels) if kind == "causal" else masked_lm_loss_sum(logits, labels)
+    if kind == "masked":
+        return masked_lm_loss_sum(model(**inputs).logits, labels)
+    # No KV cache: transformers only builds the block-diagonal mask of packed rows when there is none.
+    return causal_lm_loss_sum(model(**inputs, use_cache=False).logits, labels)
 
 
 def _all_reduce_sum(torch: Any, dist: Any, *values: float) -> list[float]:
@@ -180,6 +183,12 @@ def evaluate_loss(
             count += int(n)
     summed = _all_reduce_sum(torch, dist, total, count)
     return summed[0] / max(summed[1], 1)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:

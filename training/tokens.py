@@ -197,6 +197,6 @@ def pack(examples: list[Example], max_seq_len: int) -> list[Example]:
     for row in packed:
         positions = [p for n in row["seq_lengths"] for p in range(n)]
         # A sequence's first token has no context inside its sequence, as when unpacked: no loss on it.
-        labels = [IGNORE if p == 0 else t for p, t in zip(positions, row["labels"])]
+        labels = [IGNORE if p == 0 else t for p, t in zip(positions, row["labels"], strict=True)]
         out.append({"input_ids": row["input_ids"], "labels": labels, "position_ids": positions})
     return out

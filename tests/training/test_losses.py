@@ -1,0 +1,58 @@
+import math
+
+import torch
+
+from training.losses import IGNORE, causal_lm_loss_sum, lr_multiplier, mask_tokens, masked_lm_loss_sum, mean_loss
+
+
+def test_causal_loss_matches_hand_computation():
+    # Vocabulary of 2, uniform logits except one confident position.
+    logits = torch.zeros(1, 3, 2)
+    logits[0, 1] = torch.tensor([0.0, math.log(3.0)])  # p(token 1) = 3/4 at position 1
+    labels = torch.tensor([[IGNORE, 0, 1]])  # position 0 predicts label 0 (p=1/2), position 1 predicts 1 (p=3/4)
+    loss_sum, n = causal_lm_loss_sum(logits, labels)
+    assert int(n) == 2
+    assert torch.isclose(loss_sum, torch.tensor(-math.log(0.5) - math.log(0.75)))
+    assert torch.isclose(mean_loss(loss_sum, n), loss_sum / 2)
+
+
+def test_ignored_labels_count_for_nothing():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.full((2, 5), IGNORE)
+    loss_sum, n = causal_lm_loss_sum(logits, labels)
+    assert int(n) == 0 and float(loss_sum) == 0.0
+    assert float(mean_loss(loss_sum, n)) == 0.0
+
+
+def test_masked_loss_uses_unshifted_positions():
+    logits = torch.zeros(1, 2, 4)
+    labels = torch.tensor([[2, IGNORE]])
+    loss_sum, n = masked_lm_loss_sum(logits, labels)
+    assert int(n) == 1 and torch.isclose(loss_sum, torch.tensor(math.log(4.0)))
+
+
+def test_mask_tokens_targets_only_maskable_positions_reproducibly():
+    ids = torch.arange(10, 1010).reshape(10, 100)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, 0] = False
+    a = mask_tokens(ids, maskable, 0.15, mask_token_id=4, vocab_size=50, generator=torch.Generator().manual_seed(1))
+    b = mask_tokens(ids, maskable, 0.15, mask_token_id=4, vocab_size=50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    masked, labels = a
+    targets = labels != IGNORE
+    assert not targets[:, 0].any()
+    assert 0.10 < targets.float().mean() < 0.20
+    assert torch.equal(labels[targets], ids[targets])
+    replaced = (masked == 4) & targets
+    assert 0.7 < replaced.sum() / targets.sum() < 0.9
+    assert torch.equal(masked[~targets], ids[~targets])
+
+
+def test_lr_schedule_warmup_then_decay():
+    assert lr_multiplier(0, 4, 20, "cosine", 0.0) == 0.25
+    assert lr_multiplier(3, 4, 20, "cosine", 0.0) == 1.0
+    assert lr_multiplier(4, 4, 20, "cosine", 0.0) == 1.0
+    assert math.isclose(lr_multiplier(12, 4, 20, "cosine", 0.0), 0.5)
+    assert math.isclose(lr_multiplier(20, 4, 20, "linear", 0.1), 0.1)
+    assert math.isclose(lr_multiplier(12, 4, 20, "linear", 0.0), 0.5)
+    assert lr_multiplier(15, 0, 20, "constant", 0.0) == 1.0

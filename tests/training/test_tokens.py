@@ -1,0 +1,96 @@
+import torch
+
+from tests.tiny import make_tokenizer
+from training.batches import collate
+from training.losses import IGNORE
+from training.tokens import build_pretrain, build_supervised, pack, tokenize_supervised
+
+
+def test_prompt_tokens_are_masked_and_eos_is_a_target():
+    tok = make_tokenizer()
+    ex = tokenize_supervised({"prompt": "copy a b ->", "completion": " a b", "_source": "x"}, "prompt_completion", tok)
+    words = tok.convert_ids_to_tokens(ex["input_ids"])
+    assert words == ["copy", "a", "b", "->", "a", "b", "[EOS]"]
+    targets = [w for w, label in zip(words, ex["labels"], strict=True) if label != IGNORE]
+    assert targets == ["a", "b", "[EOS]"]
+
+
+def test_chat_rows_train_on_every_assistant_turn_only():
+    tok = make_tokenizer()
+    messages = [
+        {"role": "user", "content": "copy a ->"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "copy b ->"},
+        {"role": "assistant", "content": "b"},
+    ]
+    ex = tokenize_supervised({"messages": messages, "_source": "x"}, "messages", tok)
+    words = tok.convert_ids_to_tokens(ex["input_ids"])
+    targets = [w for w, label in zip(words, ex["labels"], strict=True) if label != IGNORE]
+    assert targets == ["a", "[EOS]", "b", "[EOS]"]
+
+
+def test_instruction_rows_use_the_chat_template():
+    tok = make_tokenizer()
+    row = {"instruction": "copy", "input": "a ->", "output": "a", "_source": "x"}
+    ex = tokenize_supervised(row, "instruction", tok)
+    assert tok.decode(ex["input_ids"]) .startswith("<user> copy a -> [EOS] <assistant> a")
+
+
+def test_truncation_and_dropping_are_counted():
+    tok = make_tokenizer()
+    rows = [
+        {"prompt": "copy a b c d ->", "completion": " a b c d", "_source": "1"},
+        {"prompt": "copy a b c d e f g h ->", "completion": " a", "_source": "2"},
+        {"prompt": "copy a ->", "completion": " a", "_source": "3"},
+    ]
+    examples, stats = build_supervised(rows, "prompt_completion", tok, max_seq_len=8)
+    assert len(examples) == 2 and stats.num_truncated == 1
+    assert dict(stats.dropped) == {"prompt fills max_seq_len, no completion token left": 1}
+
+
+def test_pretrain_splits_long_documents_without_losing_tokens():
+    tok = make_tokenizer()
+    text = " ".join(["the cat sat on the mat"] * 5)  # 30 words + EOS
+    examples, stats = build_pretrain([{"text": text, "_source": "d"}], tok, max_seq_len=8, masked=False)
+    assert sum(len(e["input_ids"]) for e in examples) == 31
+    assert stats.num_truncated == 1 and max(len(e["input_ids"]) for e in examples) == 8
+
+
+def test_packing_keeps_sequences_apart(tmp_path):
+    """A packed row gives every sequence the same logits it gets alone: packing changes speed, not math."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import make_causal_model
+
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")).eval()
+    rows = [{"prompt": f"copy {s} ->", "completion": f" {s}", "_source": str(i)} for i, s in enumerate(["a b", "c d e f", "g"])]
+    examples, _ = build_supervised(rows, "prompt_completion", tok, max_seq_len=64)
+    packed = pack(examples, max_seq_len=64)
+    assert len(packed) == 1
+    batch = collate(packed, tok.pad_token_id)
+    with torch.no_grad():
+        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for ex in sorted(examples, key=lambda e: -len(e["input_ids"])):  # BFD places longest first
+            alone = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
+            end = start + len(ex["input_ids"])
+            assert torch.allclose(packed_logits[start:end], alone, atol=1e-5)
+            start = end
+
+
+def test_packed_loss_equals_unpacked_loss(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import copy_rows, make_causal_model
+    from training.loop import forward_loss_sum
+
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")).eval()
+    rows = [{**r, "_source": str(i)} for i, r in enumerate(copy_rows(12, seed=5, min_len=1, max_len=8))]
+    examples, _ = build_supervised(rows, "prompt_completion", tok, max_seq_len=64)
+    with torch.no_grad():
+        unpacked = forward_loss_sum(model, collate(examples, tok.pad_token_id), "causal")
+        packed = forward_loss_sum(model, collate(pack(examples, 32), tok.pad_token_id), "causal")
+    assert int(unpacked[1]) == int(packed[1])
+    assert torch.isclose(unpacked[0], packed[0], rtol=1e-5)
