@@ -38,7 +38,7 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     # "all-linear" or a list of module names such as [q_proj, v_proj].
-    target_modules: list[str] | str = "all-linear"
+    target_modules: str | list[str] = "all-linear"
 
 
 @dataclass

@@ -77,5 +77,7 @@ def exact_match(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: Hone
                 **inputs, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
         completions = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        hits += sum(normalize(c) == normalize(reference_completion(r, fmt, tokenizer)) for c, r in zip(completions, chunk, strict=True))
+        hits += sum(
+            normalize(c) == normalize(reference_completion(r, fmt, tokenizer)) for c, r in zip(completions, chunk, strict=True)
+        )
     return hits / max(len(rows), 1)

@@ -24,6 +24,7 @@ from training.tokens import IGNORE, Example
 
 
 def train_worker(plan: dict[str, Any]) -> None:
+    started = time.perf_counter()
     cfg = from_dict(plan["config"])
     if not cfg.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
@@ -44,6 +45,8 @@ def train_worker(plan: dict[str, Any]) -> None:
     logger.worker.remote(_worker_info(engine, cfg, rank))
 
     step = load_checkpoint(engine, ray.train.get_checkpoint(), rank)
+    if rank == 0:
+        print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
     total = plan["total_steps"]
     batcher = _Batcher(cfg, plan, tokenizer, train_examples, rank, world)
     while step < total:

@@ -36,7 +36,9 @@ def test_row_missing_a_field_of_the_detected_format(tmp_path):
     rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c"}]
     path = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, ["model.source=/m", f"data.train=[{path}]"])
-    with pytest.raises(DataError, match=r"pairs\.jsonl:2: row is missing field 'completion' needed by format 'prompt_completion'"):
+    with pytest.raises(
+        DataError, match=r"pairs\.jsonl:2: row is missing field 'completion' needed by format 'prompt_completion'"
+    ):
         read_dataset(cfg.data, "sft", 0)
 
 

@@ -33,7 +33,7 @@ def test_instruction_rows_use_the_chat_template():
     tok = make_tokenizer()
     row = {"instruction": "copy", "input": "a ->", "output": "a", "_source": "x"}
     ex = tokenize_supervised(row, "instruction", tok)
-    assert tok.decode(ex["input_ids"]) .startswith("<user> copy a -> [EOS] <assistant> a")
+    assert tok.decode(ex["input_ids"]).startswith("<user> copy a -> [EOS] <assistant> a")
 
 
 def test_truncation_and_dropping_are_counted():

@@ -1,0 +1,108 @@
+"""Whole runs on one local Ray cluster: real Ray Train, real DeepSpeed, tiny models."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+from cluster.connect import PlacementError
+from cluster.run import run
+from cluster.rundir import RunDirError
+from tests.conftest import sft_overrides
+from training.config import load_config
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
+    out = tmp_path / "run"
+    summary = run(load_config(None, sft_overrides(assets, out, "eval.every_steps=10", "checkpoint.every_steps=10")))
+
+    assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"] - 0.5
+    assert set(summary["eval"]["before"]) == set(summary["eval"]["after"]) == {"loss", "exact_match"}
+    assert summary["mode"] == "sft" and summary["steps"] == 20 and summary["tokens_per_s"] > 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 3e-3 and saved["train"]["max_steps"] == 20 and saved["data"]["max_seq_len"] == 32
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 21))
+    assert {"loss", "lr", "tokens_per_s", "real_tokens_per_s"} <= set(lines[0])
+    assert "eval_loss" in lines[9]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000010", "step_0000020"]
+    assert json.loads((out / "summary.json").read_text())["model_path"] == str(out / "model")
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")  # plain transformers, no hone code
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_rerunning_a_finished_run_does_not_train_again(assets, tmp_path):
+    out = tmp_path / "run"
+    first = run(load_config(None, sft_overrides(assets, out, "train.max_steps=4")))
+    mtime = (out / "model" / "config.json").stat().st_mtime
+    again = run(load_config(None, sft_overrides(assets, out, "train.max_steps=4")))
+    assert again == first and (out / "model" / "config.json").stat().st_mtime == mtime
+
+
+def test_an_output_dir_holding_a_different_run_is_refused_untouched(assets, tmp_path):
+    out = tmp_path / "run"
+    run(load_config(None, sft_overrides(assets, out, "train.max_steps=4")))
+    before = {p: p.stat().st_mtime for p in out.rglob("*")}
+    with pytest.raises(RunDirError, match=r"holds a different run \(config differs in: optim\.lr\).*overwrite=true"):
+        run(load_config(None, sft_overrides(assets, out, "train.max_steps=4", "optim.lr=1e-3")))
+    assert {p: p.stat().st_mtime for p in out.rglob("*")} == before
+    replaced = run(load_config(None, sft_overrides(assets, out, "train.max_steps=4", "optim.lr=1e-3", "overwrite=true")))
+    assert replaced["steps"] == 4 and yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+
+
+def test_lora_export_holds_adapter_and_merged_weights(assets, tmp_path):
+    out = tmp_path / "lora"
+    summary = run(
+        load_config(None, sft_overrides(assets, out, "lora.enabled=true", "lora.rank=8", "optim.lr=1e-2", "data.packing=true"))
+    )
+    assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"]
+    assert (out / "model" / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(assets["llama"])
+    assert not any("lora" in name for name in merged.state_dict())
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert any("q_proj" in n for n in changed)
+
+
+def test_masked_lm_pretraining_lowers_masked_token_loss(assets, tmp_path):
+    out = tmp_path / "mlm"
+    overrides = [
+        "mode=pretrain",
+        f"output_dir={out}",
+        f"model.source={assets['bert']}",
+        f"data.train=[{assets['text']}]",
+        "data.max_seq_len=64",
+        "optim.lr=2e-3",
+        "train.max_steps=30",
+        "train.micro_batch_per_device=8",
+        "data.mlm_probability=0.25",
+    ]
+    summary = run(load_config(None, overrides))
+    assert summary["objective"] == "masked"
+    before, after = summary["eval"]["before"], summary["eval"]["after"]
+    assert set(before) == {"loss", "perplexity"}
+    assert after["loss"] < before["loss"] - 0.5, (before, after)
+    AutoModelForMaskedLM.from_pretrained(out / "model")
+
+
+def test_more_workers_than_the_cluster_has_fails_at_once(assets, tmp_path):
+    with pytest.raises(PlacementError, match=r"num_workers=16 needs more than the cluster has \(CPU: need 16, cluster has 4\)"):
+        run(
+            load_config(None, sft_overrides(assets, tmp_path / "big", "scaling.num_workers=16", "train.micro_batch_per_device=1"))
+        )
+
+
+def test_unplaceable_strategy_fails_within_the_timeout(assets, tmp_path):
+    started = time.monotonic()
+    overrides = sft_overrides(assets, tmp_path / "spread", "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD")
+    with pytest.raises(PlacementError, match=r"could not place 2 workers .* STRICT_SPREAD within 3 s"):
+        run(load_config(None, [*overrides, "scaling.placement_timeout_s=3"]))
+    assert time.monotonic() - started < 30
