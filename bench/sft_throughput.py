@@ -143,7 +143,6 @@ def hone_config(workdir: Path, steps: int, packing: bool) -> Any:
         "deepspeed.zero_stage": 0,
         "scaling.num_workers": 1,
         "scaling.cpus_per_worker": THREADS,  # Ray sets the worker's OMP threads from this
-        "scaling.max_failures": 0,
         "eval.max_samples": 1,  # the before/after eval is not what this bench measures
         "eval.max_new_tokens": 1,
     }
@@ -284,7 +283,7 @@ def run_torch(workdir: Path, steps: int) -> dict[str, Any]:
         seconds.append(time.perf_counter() - started)
         tokens.append(batch["input_ids"].numel())
         real.append(int(batch["num_real_tokens"]))
-    return {**rates(tokens, real, seconds), "peak_rss_mb": peak_rss_mb(), "final_loss": float(loss)}
+    return {**rates(tokens, real, seconds), "peak_rss_mb": peak_rss_mb(), "final_loss": float(loss.detach())}
 
 
 def run_one(name: str, workdir: Path, steps: int) -> dict[str, Any]:
@@ -363,6 +362,12 @@ def format_report(results: dict[str, dict[str, Any]], steps: int) -> str:
     return "\n".join(lines)
 
 
+def warn_if_busy() -> None:
+    load = os.getloadavg()[0]
+    if load > THREADS / 2:
+        print(f"warning: load average {load:.1f} on {THREADS} cores: other work will skew these numbers", flush=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 40; 12 with --quick)")
@@ -388,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         args.out.write_text(json.dumps(run_one(args.only, args.workdir, args.steps)))
         return
+    warn_if_busy()
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         workdir = Path(tmp)
         build_workdir(workdir, args.steps, use_cache=args.model_use_cache == "true")
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     report = {
         "settings": settings,
-        "runs": {RUNS[n]: r for n, r in results.items()},
+        "runs": {name: {"label": RUNS[name], **result} for name, result in results.items()},
         "ratios": [{"ratio": text, "value": value, "target": target} for text, value, target in ratios(results)],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

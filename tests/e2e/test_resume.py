@@ -1,0 +1,102 @@
+"""Resume: a killed run, rerun with the same command, continues from its last checkpoint and ends where an
+uninterrupted run ends; a worker killed mid-run is replaced by Ray Train from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.run import run
+from tests.conftest import sft_overrides
+from training.config import load_config
+
+STEPS = 150
+# Dropout is off in the tiny model and the data order is a function of the step, so a resumed run should
+# reproduce an uninterrupted one up to float summation order; 1e-4 leaves room for that.
+TOLERANCE = 1e-4
+
+
+def overrides(assets: dict[str, Path], out: Path) -> list[str]:
+    return sft_overrides(assets, out, f"train.max_steps={STEPS}", "checkpoint.every_steps=10", "optim.lr=1e-3")
+
+
+def hone_run(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "none.yaml", *args], env=env, **kwargs)
+
+
+def metric_steps(out: Path) -> list[int]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def final(out: Path) -> tuple[float, float]:
+    summary = json.loads((out / "summary.json").read_text())
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return summary["eval"]["after"]["loss"], last["loss"]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "none.yaml"
+    path.write_text("{}\n")
+    return path
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_matches(assets, tmp_path, config_file):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert hone_run(overrides(assets, whole), cwd=tmp_path).wait(timeout=600) == 0
+
+    first = hone_run(overrides(assets, broken), cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(s >= 25 for s in metric_steps(broken)):
+        assert first.poll() is None and time.monotonic() < deadline, "run ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (broken / "summary.json").exists()
+    killed_at = max(metric_steps(broken))
+    assert killed_at < STEPS
+
+    second = hone_run(overrides(assets, broken), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output[-3000:]
+    resumed = [int(line.split("resumed from step ")[1].split()[0]) for line in output.splitlines() if "resumed from step" in line]
+    assert resumed and 10 <= resumed[0] <= killed_at and resumed[0] % 10 == 0, (resumed, killed_at)
+    assert metric_steps(broken) == list(range(1, STEPS + 1))  # every step once, none double-counted
+    for a, b in zip(final(whole), final(broken), strict=True):
+        assert abs(a - b) < TOLERANCE, (final(whole), final(broken))
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(assets, tmp_path):
+    from ray.util.state import list_actors
+
+    out = tmp_path / "failover"
+    killed: list[int] = []
+
+    def kill_worker_once_past_step_20() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(s >= 20 for s in metric_steps(out)):
+            time.sleep(0.05)
+        alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        for actor in alive:
+            os.kill(actor["pid"], signal.SIGKILL)
+            killed.append(actor["pid"])
+
+    killer = threading.Thread(target=kill_worker_once_past_step_20)
+    killer.start()
+    summary = run(load_config(None, overrides(assets, out)))
+    killer.join()
+    assert killed, "no worker was killed"
+    assert summary["steps"] == STEPS
+    assert metric_steps(out) == list(range(1, STEPS + 1))
+    assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"]
