@@ -160,7 +160,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> HoneConfi
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Data and model paths in a config file are relative to that file, so configs travel with data."""
+    """Paths in a config file (data, model, output_dir) are relative to that file, so configs travel with
+    their data. Paths given as command-line overrides are relative to the working directory."""
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "eval"):
@@ -169,6 +170,8 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 value = [value]
             if isinstance(value, list):
                 data[key] = [_rebase(v, base) for v in value]
+    if isinstance(raw.get("output_dir"), str):
+        raw["output_dir"] = _rebase(raw["output_dir"], base)
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("source"), str):
         candidate = _rebase(model["source"], base)
