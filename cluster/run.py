@@ -17,27 +17,28 @@ from typing import Any
 
 from cluster.connect import check_placement, ray_session, worker_bundle
 from cluster.progress import MetricsFile, RunLog, follow
-from cluster.rundir import claim
+from cluster.rundir import claim, inspect, remove_orphan_checkpoints
 from training.config import HoneConfig, to_dict
 from training.prepare import Prepared, prepare
 
 
 def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     prepared = prepare(cfg)
-    run_dir, state = claim(cfg)
+    run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
     if state == "finished":
         summary = json.loads((run_dir / "summary.json").read_text())
         print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
         print(format_table(summary))
         return summary
-    print(
-        f"hone: {cfg.mode} run in {run_dir} ({'resuming' if state == 'resume' else 'new'}), "
-        f"{prepared.total_steps} steps of global batch {prepared.global_batch}",
-        flush=True,
-    )
     started = time.time()
     with ray_session(address):
         check_placement(cfg.scaling)
+        # Only now, with the workers known to fit, is the run dir written (or replaced).
+        run_dir, state = claim(cfg)
+        if state == "resume":
+            remove_orphan_checkpoints(run_dir)
+        what = "resuming" if state == "resume" else "new"
+        print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
         before = _eval_before(cfg, prepared, run_dir)
         workers, metrics = _train(cfg, prepared, run_dir)
         after = _evaluate(cfg, prepared, str(run_dir / "model"))

@@ -5,6 +5,7 @@ A folder holding a different run is refused (and left untouched) unless `overwri
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,23 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 
-def claim(cfg: HoneConfig) -> tuple[Path, str]:
-    """Return the run dir and its state: "new", "resume" or "finished"."""
+def inspect(cfg: HoneConfig) -> tuple[Path, str]:
+    """Read-only: the run dir and what claiming it would mean ("new", "replace", "resume", "finished").
+    Raises RunDirError for a dir that must not be used."""
     out = Path(cfg.output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise RunDirError(f"output_dir {out} is a file; point output_dir at a folder")
     if out.exists() and any(out.iterdir()):
-        state = _existing_state(cfg, out)
-        if state is not None:
-            return out, state
+        return out, _existing_state(cfg, out) or "replace"
+    return out, "new"
+
+
+def claim(cfg: HoneConfig) -> tuple[Path, str]:
+    """Take the run dir: returns it and its state, "new", "resume" or "finished"."""
+    out, state = inspect(cfg)
+    if state in ("resume", "finished"):
+        return out, state
+    if state == "replace":
         shutil.rmtree(out)
         print(f"hone: overwrite=true, removed the earlier run in {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,3 +78,26 @@ def _existing_state(cfg: HoneConfig, out: Path) -> str | None:
             "Choose another output_dir, or set overwrite=true to replace that run"
         )
     return "finished" if (out / "summary.json").exists() else "resume"
+
+
+def remove_orphan_checkpoints(run_dir: Path) -> list[str]:
+    """Delete checkpoint folders Ray Train never registered (a run killed while saving leaves one).
+
+    Ray Train resumes only from registered checkpoints, listed in its snapshot; anything else under
+    checkpoints/ is a partial write that would only waste disk and confuse a reader.
+    """
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    snapshot = folder / "checkpoint_manager_snapshot.json"
+    registered: set[str] = set()
+    if snapshot.exists():
+        state = json.loads(snapshot.read_text())
+        results = state.get("checkpoint_results", []) + [state.get("latest_checkpoint_result") or {}]
+        registered = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    orphans = sorted(p.name for p in folder.glob("step_*") if p.is_dir() and p.name not in registered)
+    for name in orphans:
+        shutil.rmtree(folder / name)
+    if orphans:
+        print(f"hone: removed unregistered (partial) checkpoints {', '.join(orphans)}", flush=True)
+    return orphans

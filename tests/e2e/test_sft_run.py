@@ -98,6 +98,7 @@ def test_more_workers_than_the_cluster_has_fails_at_once(assets, tmp_path):
         run(
             load_config(None, sft_overrides(assets, tmp_path / "big", "scaling.num_workers=16", "train.micro_batch_per_device=1"))
         )
+    assert not (tmp_path / "big").exists()  # nothing written: fixing num_workers and rerunning just works
 
 
 def test_unplaceable_strategy_fails_within_the_timeout(assets, tmp_path):

@@ -1,0 +1,22 @@
+import json
+
+from cluster.rundir import config_differences, remove_orphan_checkpoints
+
+
+def test_only_unregistered_checkpoints_are_removed(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for name in ("step_0000010", "step_0000020", "step_0000030"):
+        (ckpts / name).mkdir(parents=True)
+    snapshot = {
+        "checkpoint_results": [{"checkpoint_dir_name": "step_0000010"}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "step_0000020"},
+    }
+    (ckpts / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert remove_orphan_checkpoints(tmp_path) == ["step_0000030"]
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000010", "step_0000020"]
+
+
+def test_config_differences_ignore_settings_a_resume_may_change():
+    old = {"optim": {"lr": 1.0}, "overwrite": False, "scaling": {"placement_timeout_s": 60, "num_workers": 1}}
+    new = {"optim": {"lr": 2.0}, "overwrite": True, "scaling": {"placement_timeout_s": 5, "num_workers": 2}}
+    assert config_differences(old, new) == ["optim.lr", "scaling.num_workers"]
