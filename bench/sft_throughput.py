@@ -104,6 +104,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def rates(tokens: list[int], real: list[int], seconds: list[float]) -> dict[str, Any]:
     """Throughput over the steps after warm-up: padded and non-pad tokens per second."""
+    every_step = [round(s, 4) for s in seconds]
     tokens, real, seconds = tokens[WARMUP_STEPS:], real[WARMUP_STEPS:], seconds[WARMUP_STEPS:]
     total = sum(seconds)
     return {
@@ -112,6 +113,7 @@ def rates(tokens: list[int], real: list[int], seconds: list[float]) -> dict[str,
         "tokens_per_s": sum(tokens) / total,
         "real_tokens_per_s": sum(real) / total,
         "pad_share": 1 - sum(real) / sum(tokens),
+        "every_step_seconds": every_step,  # warm-up included, to spot noise from other work on the machine
     }
 
 
@@ -377,7 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model-use-cache",
         choices=("true", "false"),
         default="true",
-        help="use_cache in the model's config.json (true, like real checkpoints)",
+        help="use_cache in the model's config.json: true like real checkpoints; false makes the model mask "
+        "packed sequences from each other even when the caller leaves use_cache unset",
     )
     parser.add_argument("--only", choices=list(RUNS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ class MetricsFile:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.lines))
 
 
-def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Event) -> None:
-    """Drain the actor into metrics.jsonl and a tqdm bar (step/total, loss, tokens/s, ETA) until `done`."""
+def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Event, on_record: Callable[[dict], None]) -> None:
+    """Drain the actor into metrics.jsonl, `on_record` (W&B) and a tqdm bar (step/total, loss, tokens/s,
+    ETA) until `done`."""
     from tqdm import tqdm
 
     start = metrics.lines[-1]["step"] if metrics.lines else 0
@@ -69,6 +71,7 @@ def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Eve
             for record in ray.get(log.take.remote()):
                 record["time"] = time.time()
                 metrics.add(record)
+                on_record(record)
                 bar.n = record["step"]
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 bar.refresh()

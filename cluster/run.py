@@ -18,6 +18,7 @@ from typing import Any
 from cluster.connect import check_placement, ray_session, worker_bundle
 from cluster.progress import MetricsFile, RunLog, follow
 from cluster.rundir import claim, inspect, remove_orphan_checkpoints
+from cluster.tracking import Tracker
 from training.config import HoneConfig, to_dict
 from training.prepare import Prepared, prepare
 
@@ -39,11 +40,13 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
             remove_orphan_checkpoints(run_dir)
         what = "resuming" if state == "resume" else "new"
         print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
+        tracker = Tracker(cfg, run_dir)
         before = _eval_before(cfg, prepared, run_dir)
-        workers, metrics = _train(cfg, prepared, run_dir)
+        workers, metrics = _train(cfg, prepared, run_dir, tracker)
         after = _evaluate(cfg, prepared, str(run_dir / "model"))
     summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    tracker.finish(summary)
     print(format_table(summary))
     return summary
 
@@ -71,7 +74,7 @@ def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str
     return before
 
 
-def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> tuple[list[dict[str, Any]], MetricsFile]:
+def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker) -> tuple[list[dict[str, Any]], MetricsFile]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -108,7 +111,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> tuple[list[dic
     )
     metrics = MetricsFile(run_dir / "metrics.jsonl")
     done = threading.Event()
-    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done), daemon=True)
+    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done, tracker.log), daemon=True)
     follower.start()
     try:
         trainer.fit()

@@ -117,6 +117,22 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    # Empty project: no W&B run. metrics.jsonl and summary.json are always written.
+    project: str = ""
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    # auto: online when WANDB_API_KEY is set, offline (files under the run dir, no account) otherwise.
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class HoneConfig:
     mode: Literal["pretrain", "sft"] = "sft"
     output_dir: str = "runs/latest"
@@ -132,6 +148,7 @@ class HoneConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # ----------------------------------------------------------------------------------------------------

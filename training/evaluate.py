@@ -26,6 +26,8 @@ def evaluate_model(
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, model_dir)
     model = load_model(cfg.model, model_dir, kind).eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     loss = heldout_loss(model, tokenizer, examples, cfg, kind)
     if cfg.mode == "pretrain":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
@@ -46,7 +48,7 @@ def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneC
                 batch = apply_mlm_masking(
                     batch, cfg.data.mlm_probability, tokenizer.mask_token_id, len(tokenizer), cfg.seed + start
                 )
-            loss_sum, n = forward_loss_sum(model, batch, kind)
+            loss_sum, n = forward_loss_sum(model, {k: v.to(model.device) for k, v in batch.items()}, kind)
             total += float(loss_sum)
             count += int(n)
     return total / max(count, 1)
@@ -66,12 +68,8 @@ def exact_match(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: Hone
     for start in range(0, len(rows), cfg.eval.batch_size):
         chunk = rows[start : start + cfg.eval.batch_size]
         prompts = [generation_prompt(r, fmt, tokenizer) for r in chunk]
-        inputs = tokenizer(
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=not tokenizer.chat_template or fmt == "prompt_completion",
-        )
+        special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
         with torch.no_grad():
             out = model.generate(
                 **inputs, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id

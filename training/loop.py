@@ -50,7 +50,7 @@ def train_worker(plan: dict[str, Any]) -> None:
     total = plan["total_steps"]
     batcher = _Batcher(cfg, plan, tokenizer, train_examples, rank, world)
     while step < total:
-        started = time.perf_counter()
+        started, lr = time.perf_counter(), engine.get_lr()[0]  # the LR this step trains with
         loss_sum, num_loss_tokens, num_tokens, num_real = _train_step(engine, batcher, step, plan["kind"], torch)
         step += 1
         stats = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real)
@@ -58,7 +58,7 @@ def train_worker(plan: dict[str, Any]) -> None:
         metrics = {
             "step": step,
             "loss": stats[0] / max(stats[1], 1),
-            "lr": engine.get_lr()[0],
+            "lr": lr,
             "tokens": int(stats[2]),
             "real_tokens": int(stats[3]),
             "tokens_per_s": stats[2] / seconds,

@@ -14,6 +14,7 @@ from cluster.connect import PlacementError
 from cluster.run import run
 from cluster.rundir import RunDirError
 from tests.conftest import sft_overrides
+from tests.wandb_files import read_run
 from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -107,3 +108,17 @@ def test_unplaceable_strategy_fails_within_the_timeout(assets, tmp_path):
     with pytest.raises(PlacementError, match=r"could not place 2 workers .* STRICT_SPREAD within 3 s"):
         run(load_config(None, [*overrides, "scaling.placement_timeout_s=3"]))
     assert time.monotonic() - started < 30
+
+
+def test_wandb_offline_run_files(assets, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "tracked"
+    extra = ("train.max_steps=4", "tracking.wandb.project=hone-tests", "tracking.wandb.tags=[ci]")
+    summary = run(load_config(None, sft_overrides(assets, out, *extra)))
+    [offline] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    logged = read_run(offline)
+    assert logged["config"]["optim"]["lr"] == 3e-3 and logged["config"]["_tags"] == ["ci"]
+    assert [h["_step"] for h in logged["history"] if "train/loss" in h] == [1, 2, 3, 4]
+    assert logged["summary"]["eval/before/loss"] == summary["eval"]["before"]["loss"]
+    assert logged["summary"]["eval/after/exact_match"] == summary["eval"]["after"]["exact_match"]
+    assert logged["summary"]["eval/before_after/_type"] == "table-file"
