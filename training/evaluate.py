@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from training.batches import apply_mlm_masking, collate
 from training.config import HoneConfig
 from training.data import Row
-from training.loop import forward_loss_sum
+from training.forward import summed_loss
 from training.tokens import Example, generation_prompt, reference_completion
 
 
@@ -35,22 +34,7 @@ def evaluate_model(
 
 
 def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig, kind: str) -> float:
-    import torch
-
-    total, count = 0.0, 0
-    size = cfg.eval.batch_size
-    with torch.no_grad():
-        for start in range(0, len(examples), size):
-            batch = collate(examples[start : start + size], tokenizer.pad_token_id)
-            batch.pop("num_real_tokens")
-            if kind == "masked":
-                # Seeded by position in the eval set, so before and after see the same masks.
-                batch = apply_mlm_masking(
-                    batch, cfg.data.mlm_probability, tokenizer.mask_token_id, len(tokenizer), cfg.seed + start
-                )
-            loss_sum, n = forward_loss_sum(model, {k: v.to(model.device) for k, v in batch.items()}, kind)
-            total += float(loss_sum)
-            count += int(n)
+    total, count = summed_loss(model, examples, tokenizer, cfg, kind, seed=cfg.seed)
     return total / max(count, 1)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from training.batches import apply_mlm_masking, collate, example_indices
 from training.config import HoneConfig, from_dict
 from training.ds_config import deepspeed_config, resolve_precision
-from training.losses import causal_lm_loss_sum, lr_multiplier, masked_lm_loss_sum, mean_loss
+from training.forward import forward_loss_sum, summed_loss
+from training.losses import lr_multiplier, mean_loss
 from training.tokens import IGNORE, Example
 
 
@@ -139,15 +140,6 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str, torch: Any
     return loss_total, loss_tokens, tokens, real
 
 
-def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, Any]:
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    if kind == "masked":
-        return masked_lm_loss_sum(model(**inputs).logits, labels)
-    # No KV cache: transformers only builds the block-diagonal mask of packed rows when there is none.
-    return causal_lm_loss_sum(model(**inputs, use_cache=False).logits, labels)
-
-
 def _all_reduce_sum(torch: Any, dist: Any, *values: float) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
@@ -171,19 +163,7 @@ def evaluate_loss(
     )
     shard = shard + [blank] * (per_rank - len(shard))
     engine.eval()
-    total, count = 0.0, 0
-    size = cfg.eval.batch_size
-    with torch.no_grad():
-        for start in range(0, len(shard), size):
-            batch = collate(shard[start : start + size], tokenizer.pad_token_id)
-            batch.pop("num_real_tokens")
-            if kind == "masked":
-                batch = apply_mlm_masking(
-                    batch, cfg.data.mlm_probability, tokenizer.mask_token_id, len(tokenizer), cfg.seed + rank * 7919 + start
-                )
-            loss_sum, n = forward_loss_sum(engine, {k: v.to(engine.device) for k, v in batch.items()}, kind)
-            total += float(loss_sum)
-            count += int(n)
+    total, count = summed_loss(engine, shard, tokenizer, cfg, kind, seed=cfg.seed + rank * 7919)
     summed = _all_reduce_sum(torch, dist, total, count)
     return summed[0] / max(summed[1], 1)
 

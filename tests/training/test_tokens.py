@@ -83,7 +83,7 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from tests.tiny import copy_rows, make_causal_model
-    from training.loop import forward_loss_sum
+    from training.forward import forward_loss_sum
 
     tok = make_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")).eval()

@@ -7,7 +7,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tests.tiny import copy_rows, make_causal_model, make_tokenizer
 from training.batches import collate
-from training.loop import forward_loss_sum
+from training.forward import forward_loss_sum
 from training.losses import mean_loss
 from training.tokens import build_supervised
 
