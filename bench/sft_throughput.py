@@ -1,14 +1,14 @@
 """SFT training throughput: hone against TRL's SFTTrainer and a plain PyTorch loop, on CPU.
 
     .venv/bin/python bench/sft_throughput.py            # 40 steps per run, about 5 minutes on 2 cores
-    .venv/bin/python bench/sft_throughput.py --quick    # 12 steps per run, about 3 minutes
+    .venv/bin/python bench/sft_throughput.py --quick    # 12 steps per run, about 3.5 minutes
     .venv/bin/python bench/sft_throughput.py --steps 60 --out /tmp/sft.json
 
 Every run trains the same freshly built Llama (hidden 256, 4 layers, fp32, sdpa attention) on the same
 prompt/completion rows (5 to ~120 tokens each, so padding and packing matter), with micro batch 8,
 max length 256, the same lr and the same number of optimizer steps:
 
-    hone (no packing)  hone.cluster.run on a real local Ray cluster, 1 DeepSpeed worker (ZeRO 0)
+    hone (no packing)  cluster.run.run(cfg): a real local Ray cluster, 1 DeepSpeed worker (ZeRO 0)
     hone (packing)     the same with data.packing=true (BFD packs of <= 256 tokens, restarting positions)
     TRL (no packing)   trl.SFTTrainer, completion-only loss, padded batches
     TRL (packing)      trl.SFTTrainer with packing=True (BFD + padding-free: one flat row per batch)
@@ -19,7 +19,9 @@ tokens/s (real tokens only: the number that counts) and the peak RSS of the trai
 its Ray worker). Rates are over the optimizer steps' wall time only, skipping the first 2 (warm-up)
 steps, and never include process, Ray or model start-up. hone's step time includes fetching and
 collating its batch; TRL's (on_step_begin -> on_step_end) does not, which favours TRL slightly.
-Every run is a separate process so neither memory nor threads leak between them.
+Every run is a separate process so neither memory nor threads leak between them. Run it on an
+otherwise idle machine (it warns when the load average says otherwise): on 2 cores any other work
+shows up directly in the step times, which the JSON keeps per step.
 
 TRL runs with gradient checkpointing and bf16 off (its defaults turn both on), as fp32 on the CPU
 (`use_cpu=True`), so all five do the same arithmetic. Results go to --out as JSON.
@@ -60,7 +62,7 @@ THREADS = len(os.sched_getaffinity(0))
 # Shared setup: one model directory and one data set, built once by the parent process
 
 
-def build_model(path: Path, use_cache: bool) -> Path:
+def build_model(path: Path) -> Path:
     """A Llama big enough that compute, not framework overhead, sets the step time (~2.4M parameters)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -78,7 +80,6 @@ def build_model(path: Path, use_cache: bool) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=2 * MAX_LEN,
         tie_word_embeddings=False,
-        use_cache=use_cache,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -88,11 +89,11 @@ def build_model(path: Path, use_cache: bool) -> Path:
     return path
 
 
-def build_workdir(workdir: Path, steps: int, use_cache: bool) -> None:
+def build_workdir(workdir: Path, steps: int) -> None:
     """model/, train.jsonl (copy tasks of 1..58 letters: 5..119 tokens) and a tiny eval.jsonl."""
     from tests.tiny import copy_rows, write_jsonl
 
-    build_model(workdir / "model", use_cache)
+    build_model(workdir / "model")
     # Enough rows that even packed runs (~4 rows per 256-token pack) stay within one epoch.
     write_jsonl(workdir / "train.jsonl", copy_rows(max(400, steps * MICRO_BATCH * 5), seed=0, min_len=1, max_len=58))
     write_jsonl(workdir / "eval.jsonl", copy_rows(8, seed=1, min_len=1, max_len=4))
@@ -163,6 +164,7 @@ def run_hone(workdir: Path, steps: int, packing: bool) -> dict[str, Any]:
     return {
         **result,
         "peak_rss_mb": worker.get("peak_rss_mb"),
+        "worker_torch_threads": worker.get("torch_threads"),
         "summary_tokens_per_s": summary["tokens_per_s"],  # hone's own figure, warm-up steps included
         "summary_real_tokens_per_s": summary["real_tokens_per_s"],
         "final_loss": summary["final_loss"],
@@ -375,13 +377,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 40; 12 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke run of the whole bench")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sft_throughput.json")
-    parser.add_argument(
-        "--model-use-cache",
-        choices=("true", "false"),
-        default="true",
-        help="use_cache in the model's config.json: true like real checkpoints; false makes the model mask "
-        "packed sequences from each other even when the caller leaves use_cache unset",
-    )
     parser.add_argument("--only", choices=list(RUNS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -399,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     warn_if_busy()
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         workdir = Path(tmp)
-        build_workdir(workdir, args.steps, use_cache=args.model_use_cache == "true")
+        build_workdir(workdir, args.steps)
         results = {name: run_child(name, workdir, args.steps) for name in RUNS}
     print(format_report(results, args.steps))
     settings = {
@@ -409,7 +404,6 @@ def main(argv: list[str] | None = None) -> None:
         "max_len": MAX_LEN,
         "lr": LR,
         "threads": THREADS,
-        "model_use_cache": args.model_use_cache == "true",
     }
     report = {
         "settings": settings,

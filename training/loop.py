@@ -178,6 +178,7 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
     """Where this worker runs and how its parameters are held: ZeRO-3 leaves partitioned ones with
     local numel 0, which the tests use to prove sharding happened."""
     import ray
+    import torch
 
     params = list(engine.module.parameters())
     return {
@@ -187,4 +188,6 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
         "zero_stage": cfg.deepspeed.zero_stage,
         "num_params": len(params),
         "num_params_local_empty": sum(1 for p in params if p.numel() == 0),
+        "torch_threads": torch.get_num_threads(),
+        "niceness": os.nice(0),
     }

@@ -1,0 +1,1 @@
+"""hone's reinforcement-learning floor. So far: the pure-function algorithms (advantages, KL, policy loss)."""
