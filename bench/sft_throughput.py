@@ -317,7 +317,7 @@ def run_child(name: str, workdir: Path, steps: int) -> dict[str, Any]:
     print(f"running {RUNS[name]:<18} ...", end=" ", flush=True)
     with log.open("w") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
-    print(f"{time.time() - started:5.0f} s", flush=True)
+    print(f"{time.time() - started:5.0f} s  (load average now {os.getloadavg()[0]:.1f})", flush=True)
     if code != 0:
         tail = "\n".join(log.read_text().splitlines()[-40:])
         raise SystemExit(f"{RUNS[name]} failed (exit {code}); the end of {log}:\n{tail}")

