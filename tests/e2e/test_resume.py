@@ -54,6 +54,8 @@ def config_file(tmp_path: Path) -> Path:
 def test_killed_run_resumes_from_its_checkpoint_and_matches(assets, tmp_path, config_file):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert hone_run(overrides(assets, whole), cwd=tmp_path).wait(timeout=600) == 0
+    # checkpoint.keep=2 (default): of the 15 checkpoints written, the last two are kept.
+    assert sorted(p.name for p in (whole / "checkpoints").glob("step_*")) == ["step_0000140", "step_0000150"]
 
     first = hone_run(overrides(assets, broken), cwd=tmp_path, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -94,3 +94,18 @@ def test_csv_errors_name_the_spreadsheet_row(tmp_path):
     cfg = load_config(None, ["model.source=/m", f"data.train=[{tmp_path / 'a.csv'}]"])
     with pytest.raises(DataError, match=r"a\.csv:row 3: row is missing field 'completion'"):
         read_dataset(cfg.data, "sft", 0)
+
+
+def test_eval_split_is_a_seeded_fraction_or_the_eval_files(tmp_path):
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(20)]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    eval_file = write(tmp_path / "eval.jsonl", '{"prompt": "q", "completion": "a"}\n')
+    cfg = load_config(None, ["model.source=/m", f"data.train=[{train_file}]", "data.eval=0.25"])
+    _, train, held = read_dataset(cfg.data, "sft", seed=1)
+    assert len(train) == 15 and len(held) == 5
+    assert {r["prompt"] for r in held} == {r["prompt"] for r in read_dataset(cfg.data, "sft", seed=1)[2]}
+    assert {r["prompt"] for r in held} != {r["prompt"] for r in read_dataset(cfg.data, "sft", seed=2)[2]}
+    cfg = load_config(None, ["model.source=/m", f"data.train=[{train_file}]", f"data.eval=[{eval_file}]"])
+    _, train, held = read_dataset(cfg.data, "sft", seed=1)
+    assert len(train) == 20 and [r["prompt"] for r in held] == ["q"]
