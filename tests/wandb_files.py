@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,29 @@ def _payloads(data: bytes) -> list[bytes]:
     return out
 
 
-def read_run(path: Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{key: value}], "summary": {...}} from one .wandb file."""
+def _records(path: Path, timeout_s: float) -> list[Any]:
+    """The file's records once its `exit` record is there: wandb's writer process may still be flushing
+    the file for a moment after `run.finish()` returns."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = []
+        for payload in _payloads(path.read_bytes()):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_run(path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
+    """{"config": {...}, "history": [{key: value}], "summary": {...}} from one .wandb file."""
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for payload in _payloads(path.read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(payload)
+    for record in _records(path, timeout_s):
         kind = record.WhichOneof("record_type")
         if kind == "run":  # the config given to wandb.init travels in the run record
             config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
