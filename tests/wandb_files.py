@@ -21,6 +21,8 @@ def _payloads(data: bytes) -> list[bytes]:
             pos += left_in_block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break  # a record still being written
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == FULL:
