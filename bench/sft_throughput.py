@@ -1,7 +1,7 @@
 """SFT training throughput: hone against TRL's SFTTrainer and a plain PyTorch loop, on CPU.
 
     .venv/bin/python bench/sft_throughput.py            # 40 steps per run, about 5 minutes on 2 cores
-    .venv/bin/python bench/sft_throughput.py --quick    # 12 steps per run, about 3.5 minutes
+    .venv/bin/python bench/sft_throughput.py --quick    # 12 steps per run, about 4 minutes (Ray start-up dominates)
     .venv/bin/python bench/sft_throughput.py --steps 60 --out /tmp/sft.json
 
 Every run trains the same freshly built Llama (hidden 256, 4 layers, fp32, sdpa attention) on the same
@@ -320,7 +320,7 @@ def run_child(name: str, workdir: Path, steps: int) -> dict[str, Any]:
     print(f"{time.time() - started:5.0f} s  (load average now {os.getloadavg()[0]:.1f})", flush=True)
     if code != 0:
         tail = "\n".join(log.read_text().splitlines()[-40:])
-        raise SystemExit(f"{RUNS[name]} failed (exit {code}); the end of {log}:\n{tail}")
+        raise SystemExit(f"{RUNS[name]} failed (exit {code}); the end of its output:\n{tail}")
     return json.loads(out.read_text())
 
 
