@@ -133,8 +133,78 @@ class TrackingConfig:
 
 
 @dataclass
+class DpoConfig:
+    # Strength of the implicit KL to the frozen reference in the DPO loss (TRL's `beta`).
+    beta: float = 0.1
+
+
+@dataclass
+class RewardSpec:
+    """One weighted reward term. `type` picks the scorer; the other fields are its settings."""
+
+    type: Literal["exact_match", "numeric_match", "regex", "length_penalty", "function", "model"] = "exact_match"
+    weight: float = 1.0
+    # A short name for metrics (reward/<name>); defaults to the type, or the function's name.
+    name: str = ""
+    # exact_match / numeric_match: the prompt row field holding the reference answer.
+    field: str = "answer"
+    # regex: the pattern a completion must match (re.search) to score 1.
+    pattern: str = ""
+    # length_penalty: -(tokens beyond target_length) / target_length, at most 0.
+    target_length: int = 64
+    # function: "package.module:function" with the signature documented in rl/rewards.py.
+    function: str = ""
+    # model: a sequence-classification checkpoint (for example a `mode: reward` export).
+    source: str = ""
+
+
+@dataclass
+class RoleConfig:
+    """Resources for one actor group. `resources` holds custom Ray resources, which is how a role is
+    pinned to nodes: start those nodes with `--resources '{"rollout": 1}'` and ask for {rollout: 0.01}."""
+
+    num_workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class RlConfig:
+    # Baseline for the group advantage: grpo (mean/std), rloo (leave-one-out), reinforce_pp (mean, batch-whitened).
+    advantage: Literal["grpo", "rloo", "reinforce_pp"] = "grpo"
+    group_size: int = 4
+    prompts_per_step: int = 8
+    # PPO-style ratio clip: ratio kept in [1 - clip_low, 1 + clip_high].
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    # 0 runs with no reference actor at all.
+    kl_coef: float = 0.0
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    # Overlap the next rollout with this update (one step off-policy, importance-ratio corrected).
+    async_rollout: bool = False
+    # A reward that returns a non-number or NaN: fail the run, or skip that sample (it gets no gradient).
+    on_bad_reward: Literal["fail", "skip"] = "fail"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    rollout: RoleConfig = field(default_factory=RoleConfig)
+    reward: RoleConfig = field(default_factory=RoleConfig)
+    reference: RoleConfig = field(default_factory=RoleConfig)
+    # Placement of the policy (update) group: custom resources per worker; counts come from `scaling`.
+    policy_resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class HoneConfig:
-    mode: Literal["pretrain", "sft"] = "sft"
+    mode: Literal["pretrain", "sft", "dpo", "reward", "rl"] = "sft"
     output_dir: str = "runs/latest"
     # Replace an output dir that holds a different run. Without it hone refuses and touches nothing.
     overwrite: bool = False
@@ -148,6 +218,8 @@ class HoneConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -187,6 +259,11 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 value = [value]
             if isinstance(value, list):
                 data[key] = [_rebase(v, base) for v in value]
+    rl = raw.get("rl")
+    if isinstance(rl, dict) and isinstance(rl.get("rewards"), list):
+        for spec in rl["rewards"]:
+            if isinstance(spec, dict) and isinstance(spec.get("source"), str):
+                spec["source"] = _rebase(spec["source"], base)
     if isinstance(raw.get("output_dir"), str):
         raw["output_dir"] = _rebase(raw["output_dir"], base)
     model = raw.get("model")
@@ -253,11 +330,18 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(hint)}")
     if origin is list:
-        if isinstance(value, str) and typing.get_args(hint)[0] is str:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, str) and item is str:
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} must be a list")
-        return [_coerce(typing.get_args(hint)[0], v, key) for v in value]
+        if dataclasses.is_dataclass(item):
+            return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(item, v, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping such as {{name: 1}}")
+        return {str(k): _coerce(typing.get_args(hint)[1], v, f"{key}.{k}") for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
@@ -329,6 +413,59 @@ def check(cfg: HoneConfig) -> None:
         _require(0.0 < cfg.data.eval < 1.0, "data.eval", cfg.data.eval, "give a fraction in (0, 1) or a list of eval files")
     if not cfg.scaling.use_gpu:
         _require(cfg.deepspeed.precision != "fp16", "deepspeed.precision", "fp16", "fp16 needs a GPU; use auto or fp32 on CPU")
+    _positive(cfg, "dpo.beta")
+    if cfg.mode == "rl":
+        _check_rl(cfg)
+
+
+def _check_rl(cfg: HoneConfig) -> None:
+    rl = cfg.rl
+    _require(
+        rl.group_size >= 2,
+        "rl.group_size",
+        rl.group_size,
+        f"advantage {rl.advantage} compares each completion with the others of its prompt, so it needs 2 or more",
+    )
+    _positive(cfg, "rl.prompts_per_step", "rl.generation.max_new_tokens", "rl.generation.temperature")
+    _non_negative(cfg, "rl.clip_low", "rl.clip_high", "rl.kl_coef")
+    _require(0.0 < rl.generation.top_p <= 1.0, "rl.generation.top_p", rl.generation.top_p, "use a value in (0, 1]")
+    for role in ("rollout", "reward", "reference"):
+        _positive(cfg, f"rl.{role}.num_workers")
+        _non_negative(cfg, f"rl.{role}.cpus", f"rl.{role}.gpus")
+    _require(len(rl.rewards) > 0, "rl.rewards", [], "list at least one reward, e.g. [{type: exact_match, field: answer}]")
+    for i, spec in enumerate(rl.rewards):
+        _check_reward(spec, f"rl.rewards[{i}]")
+    samples = rl.prompts_per_step * rl.group_size
+    per_update = cfg.scaling.num_workers * cfg.train.micro_batch_per_device
+    _require(
+        samples % per_update == 0,
+        "train.micro_batch_per_device",
+        cfg.train.micro_batch_per_device,
+        f"each step's {samples} samples (rl.prompts_per_step x rl.group_size) must split evenly into micro-batches of "
+        f"{cfg.train.micro_batch_per_device} on {cfg.scaling.num_workers} policy worker(s); pick a divisor of "
+        f"{samples // cfg.scaling.num_workers}",
+    )
+
+
+def _check_reward(spec: RewardSpec, key: str) -> None:
+    import re
+
+    if spec.type == "regex":
+        try:
+            re.compile(spec.pattern)
+        except re.error as err:
+            raise ConfigError(f"{key}.pattern={spec.pattern!r} is not a valid regular expression: {err}") from None
+        _require(spec.pattern != "", f"{key}.pattern", "", "give the regular expression a completion must match")
+    if spec.type == "function":
+        _require(
+            ":" in spec.function,
+            f"{key}.function",
+            spec.function,
+            "write it as package.module:function_name, importable from the config's folder or PYTHONPATH",
+        )
+    if spec.type == "model":
+        _require(spec.source != "", f"{key}.source", "", "point it at a sequence-classification model directory")
+    _require(spec.target_length > 0, f"{key}.target_length", spec.target_length, "it must be greater than 0")
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
