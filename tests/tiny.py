@@ -105,3 +105,19 @@ def text_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def preference_rows(n: int, seed: int = 0, chat: bool = False) -> list[dict]:
+    """A learnable preference task: the chosen reply copies the letters, the rejected one gets them wrong
+    (other letters, same length)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        letters = [rng.choice(LETTERS) for _ in range(rng.randint(2, 4))]
+        wrong = [rng.choice([x for x in LETTERS if x != c]) for c in letters]
+        prompt, chosen, rejected = f"copy {' '.join(letters)} ->", f" {' '.join(letters)}", f" {' '.join(wrong)}"
+        if chat:
+            rows.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen.strip(), "rejected": rejected.strip()})
+        else:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows

@@ -72,3 +72,23 @@ def apply_mlm_masking(
         batch["input_ids"], maskable, probability, mask_token_id, vocab_size, generator
     )
     return batch
+
+
+def collate_pairs(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Preference pairs as one right-padded batch: rows [0, n) are prompt+chosen, rows [n, 2n) the same
+    prompts + rejected (TRL's DataCollatorForPreference layout). `completion_mask` marks the completion
+    tokens; `pair_mask` is 0 for a pair with "pair_weight" [0], which eval pads short shards with."""
+    sides = [[e["prompt_ids"] + e[side] for e in examples] for side in ("chosen_ids", "rejected_ids")]
+    masks = [[[0] * len(e["prompt_ids"]) + [1] * len(e[side]) for e in examples] for side in ("chosen_ids", "rejected_ids")]
+    sequences, completion = sides[0] + sides[1], masks[0] + masks[1]
+    width = max(len(s) for s in sequences)
+    batch = {
+        "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+        "completion_mask": torch.tensor([m + [0] * (width - len(m)) for m in completion]),
+        "pair_mask": torch.tensor([float(e.get("pair_weight", [1.0])[0]) for e in examples]),
+        "num_real_tokens": torch.tensor(sum(len(s) for s in sequences)),
+    }
+    if "ref_logps" in examples[0]:
+        batch["ref_logps"] = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)
+    return batch

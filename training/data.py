@@ -16,6 +16,7 @@ from training.config import DataConfig
 TEXT_SUFFIXES = {".txt", ".md"}
 # The fields each format needs, in detection order: the first format whose fields the first row holds wins.
 FORMAT_FIELDS = {
+    "preference": ("prompt", "chosen", "rejected"),
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
@@ -23,8 +24,16 @@ FORMAT_FIELDS = {
 }
 
 
+# Modes that learn from chosen/rejected pairs; they always read the "preference" format.
+PREFERENCE_MODES = ("dpo", "reward")
+
+
 class DataError(ValueError):
     """A data problem the user must fix; the message names the file, the row and the fix."""
+
+
+class DataWarning(UserWarning):
+    """Data that trains, but probably not as the user meant (chosen identical to rejected)."""
 
 
 Row = dict[str, Any]
@@ -130,7 +139,7 @@ def detect_format(rows: list[Row], requested: str) -> str:
     keys = sorted(k for k in first if k != "_source")
     raise DataError(
         f"{first['_source']}: cannot tell the data format from fields {keys}. Rows need 'text'; "
-        "'prompt' and 'completion'; 'messages'; or 'instruction' and 'output'. Rename the fields or set data.format"
+        "'prompt' and 'completion'; 'messages'; 'instruction' and 'output'; or 'prompt', 'chosen' and 'rejected'. Rename the fields or set data.format"
     )
 
 
@@ -145,24 +154,51 @@ def check_rows(rows: list[Row], fmt: str) -> None:
                 )
         if fmt == "messages":
             _check_messages(row)
+        elif fmt == "preference":
+            _check_preference(row)
         else:
             for name in FORMAT_FIELDS[fmt]:
                 if not isinstance(row[name], str):
                     raise DataError(f"{row['_source']}: field '{name}' must be a string, got {type(row[name]).__name__}")
 
 
-def _check_messages(row: Row) -> None:
+def _check_messages(row: Row, field: str = "messages", need_assistant: bool = True) -> None:
     messages = row["messages"]
     ok = isinstance(messages, list) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
     )
     if not ok:
-        raise DataError(f"{row['_source']}: 'messages' must be a list of {{'role': ..., 'content': ...}} objects")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{row['_source']}: 'messages' has no assistant turn, so there is nothing to learn")
+        raise DataError(f"{row['_source']}: '{field}' must be a list of {{'role': ..., 'content': ...}} objects")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{row['_source']}: '{field}' has no assistant turn, so there is nothing to learn")
+
+
+def _check_preference(row: Row) -> None:
+    """A pair is plain text (three strings) or chat: the prompt a message list, chosen and rejected
+    assistant message lists or plain strings (read as one assistant reply)."""
+    where = row["_source"]
+    if isinstance(row["prompt"], str):
+        for name in ("chosen", "rejected"):
+            if not isinstance(row[name], str):
+                raise DataError(
+                    f"{where}: '{name}' must be a string when 'prompt' is a string, got {type(row[name]).__name__}; "
+                    "give all three as text, or the prompt as a messages list for chat pairs"
+                )
+        return
+    _check_messages({"messages": row["prompt"], "_source": where}, field="prompt", need_assistant=False)
+    for name in ("chosen", "rejected"):
+        if not isinstance(row[name], str):
+            _check_messages({"messages": row[name], "_source": where}, field=name, need_assistant=True)
 
 
 def check_mode(fmt: str, mode: str, source: str) -> None:
+    if mode in PREFERENCE_MODES and fmt != "preference":
+        raise DataError(
+            f"{source}: mode {mode} needs preference rows with 'prompt', 'chosen' and 'rejected', but the data is "
+            f"{fmt!r}; set data.format=auto and give every row those three fields"
+        )
+    if mode not in PREFERENCE_MODES and fmt == "preference":
+        raise DataError(f"{source}: chosen/rejected pairs train with mode: dpo or mode: reward, not mode {mode}")
     if mode == "pretrain" and fmt != "text":
         raise DataError(f"{source}: mode pretrain needs unlabeled 'text' rows, but the data is {fmt!r}; use mode: sft")
     if mode == "sft" and fmt == "text":
@@ -188,7 +224,10 @@ def split_rows(rows: list[Row], data: DataConfig, seed: int) -> tuple[list[Row],
 def read_dataset(data: DataConfig, mode: str, seed: int) -> tuple[str, list[Row], list[Row]]:
     """Load, detect, check and split: the format, the train rows and the eval rows."""
     rows = load_rows(data.train)
-    fmt = detect_format(rows, data.format)
+    # Preference modes read one format only; naming it (rather than detecting it from the first row) makes
+    # a row without 'chosen' or 'rejected' fail on that row's own line.
+    requested = "preference" if mode in PREFERENCE_MODES and data.format == "auto" else data.format
+    fmt = detect_format(rows, requested)
     check_rows(rows, fmt)
     check_mode(fmt, mode, rows[0]["_source"])
     train_rows, eval_rows = split_rows(rows, data, seed)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.batches import apply_mlm_masking, collate
+from training.batches import apply_mlm_masking, collate, collate_pairs
 from training.config import HoneConfig
-from training.losses import causal_lm_loss_sum, masked_lm_loss_sum
+from training.data import PREFERENCE_MODES
+from training.losses import bradley_terry_loss, causal_lm_loss_sum, completion_logps, dpo_loss, dpo_margin, masked_lm_loss_sum
 from training.tokens import Example
 
 
@@ -19,11 +20,68 @@ def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any,
     return causal_lm_loss_sum(model(**inputs, use_cache=False).logits, labels)
 
 
-def summed_loss(model: Any, examples: list[Example], tokenizer: Any, cfg: HoneConfig, kind: str, seed: int) -> tuple[float, int]:
-    """Summed held-out loss and target-token count, without gradients. Masked-LM masks are seeded by
-    `seed` and the batch's position, so the same examples always get the same masks."""
+def step_loss_sum(model: Any, batch: dict[str, Any], kind: str, cfg: HoneConfig) -> tuple[Any, Any]:
+    """The training loss of one micro-batch as (sum, count): over target tokens for pretrain and sft,
+    over pairs for dpo and reward, so `mean_loss` and the cross-rank averages work the same for all."""
+    if cfg.mode not in PREFERENCE_MODES:
+        return forward_loss_sum(model, batch, kind)
+    losses, _ = pair_losses(model, batch, cfg.mode, cfg.dpo.beta)
+    weights = batch["pair_mask"]
+    return (losses * weights).sum(), weights.sum()
+
+
+def pair_scores(model: Any, batch: dict[str, Any], mode: str) -> tuple[Any, Any]:
+    """(chosen, rejected) scores of a collate_pairs batch: the reward model's scalar for reward, the summed
+    completion log-probs for dpo. One forward pass scores both halves."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if mode == "reward":
+        # The sequence-classification head scores the last non-pad token (config.pad_token_id finds it).
+        scores = model(**inputs).logits.squeeze(-1).float()
+    else:
+        scores = completion_logps(model(**inputs, use_cache=False).logits, batch["input_ids"], batch["completion_mask"])
+    chosen, rejected = scores.chunk(2, dim=0)
+    return chosen, rejected
+
+
+def pair_losses(model: Any, batch: dict[str, Any], mode: str, beta: float) -> tuple[Any, Any]:
+    """Per-pair losses and margins: Bradley-Terry on reward differences, or sigmoid DPO on the implicit
+    reward margin against the precomputed reference log-probs in batch["ref_logps"]."""
+    chosen, rejected = pair_scores(model, batch, mode)
+    if mode == "reward":
+        return bradley_terry_loss(chosen, rejected), chosen - rejected
+    ref = batch["ref_logps"]
+    margin = dpo_margin(chosen, rejected, ref[:, 0], ref[:, 1], beta)
+    return dpo_loss(margin), margin
+
+
+def summed_pair_stats(model: Any, examples: list[Example], tokenizer: Any, cfg: HoneConfig) -> dict[str, float]:
+    """Held-out sums over pairs, without gradients: loss, pairs ranked right (margin > 0), margin, count."""
     import torch
 
+    totals = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "count": 0.0}
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(examples), cfg.eval.batch_size):
+            batch = collate_pairs(examples[start : start + cfg.eval.batch_size], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            losses, margins = pair_losses(model, batch, cfg.mode, cfg.dpo.beta)
+            weights = batch["pair_mask"]
+            totals["loss"] += float((losses * weights).sum())
+            totals["correct"] += float(((margins > 0).float() * weights).sum())
+            totals["margin"] += float((margins * weights).sum())
+            totals["count"] += float(weights.sum())
+    return totals
+
+
+def summed_loss(model: Any, examples: list[Example], tokenizer: Any, cfg: HoneConfig, kind: str, seed: int) -> tuple[float, int]:
+    """Summed held-out loss and target count (tokens, or pairs for dpo/reward), without gradients.
+    Masked-LM masks are seeded by `seed` and the batch's position, so the same examples always get the
+    same masks."""
+    import torch
+
+    if cfg.mode in PREFERENCE_MODES:
+        totals = summed_pair_stats(model, examples, tokenizer, cfg)
+        return totals["loss"], int(totals["count"])
     total, count = 0.0, 0
     size = cfg.eval.batch_size
     with torch.no_grad():

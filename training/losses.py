@@ -65,3 +65,39 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, mi
     progress = min(1.0, (step - warmup_steps) / span)
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * shape
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preference losses. A preference batch stacks its pairs as [all chosen, all rejected], as TRL does, so
+# one forward pass scores both halves; `pair_mask` is 1 for real pairs and 0 for eval shard padding.
+
+
+def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's log-probability of its completion: next-token log-probs summed over the tokens
+    `completion_mask` marks (TRL's DPO `logps`, no length normalization)."""
+    targets = input_ids[:, 1:]
+    token_logps = -F.cross_entropy(
+        logits[:, :-1, :].float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+    ).view_as(targets)
+    return (token_logps * completion_mask[:, 1:]).sum(dim=1)
+
+
+def dpo_margin(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """The implicit reward margin beta * ((pi_c - ref_c) - (pi_r - ref_r)); 0 while policy == reference."""
+    return beta * ((chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps))
+
+
+def dpo_loss(margin: torch.Tensor) -> torch.Tensor:
+    """Per-pair sigmoid DPO loss (TRL's loss_type="sigmoid"): -log sigmoid(margin)."""
+    return -F.logsigmoid(margin)
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Per-pair reward-model loss: -log sigmoid(r_chosen - r_rejected), the chance the chosen one wins."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards)

@@ -10,16 +10,18 @@ completion starting where prompt and prompt+completion tokens diverge), so hone'
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl.data_utils import common_prefix_length, pack_dataset
 
-from training.data import DataError, Row
+from training.data import DataError, DataWarning, Row
 
 IGNORE = -100
-Example = dict[str, list[int]]
+# Token lists, plus (DPO) the reference log-probs of a pair as two floats: "ref_logps" = [chosen, rejected].
+Example = dict[str, list[Any]]
 
 
 @dataclass
@@ -31,6 +33,14 @@ class TokenStats:
     num_truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
     max_tokens: int = 0
+
+    def add_pair(self, example: Example) -> None:
+        """A preference pair trains on both completions and feeds its prompt twice (once per side)."""
+        prompt, chosen, rejected = (len(example[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        self.num_examples += 1
+        self.num_tokens += 2 * prompt + chosen + rejected
+        self.num_loss_tokens += chosen + rejected
+        self.max_tokens = max(self.max_tokens, prompt + max(chosen, rejected))
 
     def add(self, example: Example) -> None:
         self.num_examples += 1
@@ -145,6 +155,88 @@ def build_supervised(rows: list[Row], fmt: str, tokenizer: Any, max_seq_len: int
         stats.add(example)
         examples.append(example)
     return examples, stats
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preferences: prompt -> chosen / rejected
+
+
+def preference_texts(row: Row, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) as TRL's DPOTrainer tokenizes them: plain strings get EOS appended to both
+    completions; chat pairs are message lists, a plain-string reply becoming one assistant message."""
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if isinstance(prompt, str):
+        eos = tokenizer.eos_token or ""
+        return prompt, *(c if c.endswith(eos) else c + eos for c in (chosen, rejected))
+    if not tokenizer.chat_template:
+        raise DataError(
+            f"{row['_source']}: chat pairs (a messages list as 'prompt') need a tokenizer with a chat template, and "
+            "this model has none; use plain-text prompt/chosen/rejected or a model with a chat template"
+        )
+    as_messages = [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in (chosen, rejected)]
+    return prompt, as_messages[0], as_messages[1]
+
+
+def tokenize_preference(row: Row, tokenizer: Any) -> Example:
+    """prompt_ids, chosen_ids, rejected_ids exactly as TRL 1.16's DPOTrainer builds them: the completion
+    starts where the tokenized prompt and prompt+completion diverge (for both sides), so prompt_ids +
+    chosen_ids is the tokenization of the whole text, and a token merging across the boundary stays whole."""
+    prompt, chosen, rejected = preference_texts(row, tokenizer)
+    if isinstance(prompt, list):
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        chosen_full = _chat_ids(tokenizer, prompt + chosen, add_generation_prompt=False)
+        rejected_full = _chat_ids(tokenizer, prompt + rejected, add_generation_prompt=False)
+    else:
+        prompt_ids = tokenizer(text=prompt)["input_ids"]
+        chosen_full = tokenizer(text=prompt + chosen)["input_ids"]
+        rejected_full = tokenizer(text=prompt + rejected)["input_ids"]
+    start = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
+    return {"prompt_ids": prompt_ids[:start], "chosen_ids": chosen_full[start:], "rejected_ids": rejected_full[start:]}
+
+
+def build_preference(rows: list[Row], tokenizer: Any, max_seq_len: int, mode: str) -> tuple[list[Example], TokenStats]:
+    """Tokenize every pair. dpo cuts prompt+completion to max_seq_len and drops pairs whose prompt alone
+    fills it (TRL's keep_start truncation); reward drops pairs longer than max_seq_len (TRL's RewardTrainer
+    filter), since cutting would remove the last token, the one a reward model scores."""
+    stats = TokenStats(num_rows=len(rows))
+    examples, identical = [], []
+    for row in rows:
+        example = tokenize_preference(row, tokenizer)
+        if example["chosen_ids"] == example["rejected_ids"]:
+            identical.append(row["_source"])
+        example, why = _fit_pair(example, max_seq_len, mode)
+        if why == "dropped":
+            stats.dropped[_PAIR_DROP_REASON[mode]] += 1
+            continue
+        stats.num_truncated += why == "truncated"
+        stats.add_pair(example)
+        examples.append(example)
+    if identical:
+        warnings.warn(
+            f"{identical[0]}: chosen and rejected are identical in {len(identical)} pair(s) (first here); such a "
+            "pair's loss is a constant with no gradient, so it teaches nothing: fix or remove these rows",
+            DataWarning,
+            stacklevel=2,
+        )
+    return examples, stats
+
+
+_PAIR_DROP_REASON = {
+    "dpo": "prompt fills max_seq_len, no completion token left",
+    "reward": "prompt + chosen or rejected longer than max_seq_len",
+}
+
+
+def _fit_pair(example: Example, max_seq_len: int, mode: str) -> tuple[Example, str]:
+    prompt = len(example["prompt_ids"])
+    longest = prompt + max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+    if longest <= max_seq_len:
+        return example, "kept"
+    if mode == "reward" or prompt >= max_seq_len:
+        return example, "dropped"
+    room = max_seq_len - prompt
+    cut = {**example, "chosen_ids": example["chosen_ids"][:room], "rejected_ids": example["rejected_ids"][:room]}
+    return cut, "truncated"
 
 
 # ----------------------------------------------------------------------------------------------------
