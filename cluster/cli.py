@@ -11,11 +11,13 @@ import sys
 
 from cluster.connect import PlacementError
 from cluster.rundir import RunDirError
+from rl.group import RolePlacementError
+from rl.rewards import RewardError
 from training.config import ConfigError, load_config, to_yaml
 from training.data import DataError
 from training.models import ModelSourceError
 
-USER_ERRORS = (ConfigError, DataError, ModelSourceError, RunDirError, PlacementError)
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, RunDirError, PlacementError, RolePlacementError, RewardError)
 
 
 def main(argv: list[str] | None = None) -> int:

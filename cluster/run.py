@@ -24,6 +24,10 @@ from training.prepare import Prepared, prepare
 
 
 def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
+    if cfg.mode == "rl":
+        from cluster.rl_run import run_rl
+
+        return run_rl(cfg, address)
     prepared = prepare(cfg)
     run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
     if state == "finished":

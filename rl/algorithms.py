@@ -7,6 +7,8 @@ are adjacent); per-token tensors are [num_samples, num_tokens] with a 0/1 `mask`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
@@ -52,20 +54,33 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k
     return torch.exp(-log_ratio) + log_ratio - 1.0
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    how: str,
+    total_tokens: float | None = None,
+    total_samples: int | None = None,
+    max_len: int | None = None,
+) -> torch.Tensor:
     """Reduce a [samples, tokens] loss to a scalar.
 
     token_mean:               every real token in the batch weighs the same (DAPO).
     seq_mean_token_mean:      mean over each sample's tokens, then over samples (the original GRPO).
     seq_mean_token_sum_norm:  each sample's token sum over the longest possible length (Dr. GRPO).
+
+    A step's batch is split into micro-batches and ranks; passing the whole batch's `total_tokens` /
+    `total_samples` (and `max_len`, the longest completion allowed) makes the micro-batch losses add up
+    to exactly the loss of the whole batch.
     """
     mask = mask.to(per_token.dtype)
+    masked = per_token * mask
     if how == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return masked.sum() / (total_tokens if total_tokens is not None else mask.sum().clamp(min=1))
+    samples = total_samples if total_samples is not None else per_token.size(0)
     if how == "seq_mean_token_mean":
-        return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum() / samples
     if how == "seq_mean_token_sum_norm":
-        return ((per_token * mask).sum(dim=1) / mask.size(1)).mean()
+        return (masked.sum(dim=1) / (max_len or mask.size(1))).sum() / samples
     raise ValueError(f"loss aggregation {how!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
 
 
@@ -79,11 +94,13 @@ def policy_loss(
     kl: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     aggregation: str = "token_mean",
+    totals: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate loss (PPO/GRPO) with an optional KL penalty, and its diagnostics.
 
     ratio = exp(logp - old_logp) corrects for samples drawn by an older policy (async rollout);
-    on-policy it is 1 and the gradient is the plain policy gradient.
+    on-policy it is 1 and the gradient is the plain policy gradient. `totals` holds the whole step's
+    total_tokens / total_samples / max_len when this is one micro-batch of it (see `aggregate`).
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(1)
@@ -91,7 +108,7 @@ def policy_loss(
     per_token = -torch.min(unclipped, clipped)
     if kl is not None and kl_coef:
         per_token = per_token + kl_coef * kl
-    loss = aggregate(per_token, mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, **(totals or {}))
     real, ratio = mask.bool(), ratio.detach()
     stats = {
         "clip_fraction": float((clipped < unclipped).detach()[real].float().mean()) if real.any() else 0.0,
@@ -99,3 +116,12 @@ def policy_loss(
         "ratio_mean": float(ratio[real].mean()) if real.any() else 1.0,
     }
     return loss, stats
+
+
+def fill_invalid(rewards: torch.Tensor, valid: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Give skipped samples their group's mean valid reward, so they leave the others' advantages as they
+    would be without them (a group with no valid sample gets 0)."""
+    grouped, ok = rewards.float().view(-1, group_size), valid.view(-1, group_size).float()
+    safe = torch.where(ok.bool(), grouped, torch.zeros_like(grouped))
+    mean = safe.sum(dim=1, keepdim=True) / ok.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.where(ok.bool(), grouped, mean.expand_as(grouped)).view(-1)

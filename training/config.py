@@ -154,6 +154,8 @@ class RewardSpec:
     target_length: int = 64
     # function: "package.module:function" with the signature documented in rl/rewards.py.
     function: str = ""
+    # function: a folder put on the import path first; defaults to the config file's folder.
+    path: str = ""
     # model: a sequence-classification checkpoint (for example a `mode: reward` export).
     source: str = ""
 
@@ -196,7 +198,8 @@ class RlConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     rewards: list[RewardSpec] = field(default_factory=list)
     rollout: RoleConfig = field(default_factory=RoleConfig)
-    reward: RoleConfig = field(default_factory=RoleConfig)
+    # Rule rewards are cheap: a quarter CPU; give a reward model more (or a GPU).
+    reward: RoleConfig = field(default_factory=lambda: RoleConfig(cpus=0.25))
     reference: RoleConfig = field(default_factory=RoleConfig)
     # Placement of the policy (update) group: custom resources per worker; counts come from `scaling`.
     policy_resources: dict[str, float] = field(default_factory=dict)
@@ -264,6 +267,8 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         for spec in rl["rewards"]:
             if isinstance(spec, dict) and isinstance(spec.get("source"), str):
                 spec["source"] = _rebase(spec["source"], base)
+            if isinstance(spec, dict) and spec.get("type") == "function":
+                spec["path"] = _rebase(spec.get("path") or ".", base)
     if isinstance(raw.get("output_dir"), str):
         raw["output_dir"] = _rebase(raw["output_dir"], base)
     model = raw.get("model")

@@ -1,0 +1,117 @@
+"""`hone run rl.yaml`: reinforcement learning from rewards on Ray actor groups.
+
+    hone run examples/rl/rl.yaml [key=value ...] [--address ray://HEAD:10001]
+
+Reads top to bottom: check config, prompts and rewards (no Ray yet) -> start/join Ray -> reserve every
+role's placement -> claim the run dir -> the controller (rl/controller.py) evaluates the base policy,
+trains (resuming from the last checkpoint) and evaluates the result -> summary.json and the table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.connect import ray_session
+from cluster.progress import MetricsFile
+from cluster.rundir import claim, inspect
+from cluster.tracking import Tracker
+from rl.controller import Controller, reserve_roles
+from rl.prepare import prepare_rl
+from training.config import HoneConfig
+
+
+def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
+    from cluster.run import format_table
+
+    prepared = prepare_rl(cfg)
+    run_dir, state = inspect(cfg)
+    if state == "finished":
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
+        print(format_table(summary))
+        return summary
+    started = time.time()
+    with ray_session(address):
+        roles = reserve_roles(cfg)  # an impossible placement fails here, before the run dir is touched
+        try:
+            run_dir, state = claim(cfg)
+            what = "resuming" if state == "resume" else "new"
+            print(
+                f"hone: rl run in {run_dir} ({what}), {prepared.total_steps} steps of {cfg.rl.prompts_per_step} prompts "
+                f"x {cfg.rl.group_size} samples",
+                flush=True,
+            )
+            tracker = Tracker(cfg, run_dir)
+            with _Progress(run_dir, prepared.total_steps, tracker) as progress:
+                controller = Controller(cfg, prepared, run_dir, roles, progress.record)
+                result = controller.run(_cached_eval_before(run_dir))
+        finally:
+            roles.stop()
+    summary = _summary(cfg, prepared.summary(), run_dir, result, progress.metrics, time.time() - started)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    tracker.finish(summary)
+    print(format_table(summary))
+    return summary
+
+
+def _cached_eval_before(run_dir: Path) -> dict[str, float] | None:
+    # The base policy's evaluation is kept so a resumed run does not pay for it twice.
+    path = run_dir / "eval_before.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class _Progress:
+    """metrics.jsonl, W&B and a tqdm bar, fed one record per step by the controller."""
+
+    def __init__(self, run_dir: Path, total_steps: int, tracker: Tracker) -> None:
+        self.run_dir, self.total, self.tracker = run_dir, total_steps, tracker
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl")
+
+    def __enter__(self) -> _Progress:
+        from tqdm import tqdm
+
+        start = self.metrics.lines[-1]["step"] if self.metrics.lines else 0
+        self.bar = tqdm(total=self.total, initial=start, desc="rl", unit="step", dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def record(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "eval_before":
+            before = {k: v for k, v in record.items() if k != "event"}
+            (self.run_dir / "eval_before.json").write_text(json.dumps(before))
+            print(f"hone: base policy mean reward {before['mean_reward']:.4f} on held-out prompts", flush=True)
+            return
+        record["time"] = time.time()
+        self.metrics.add(record)
+        self.tracker.log(record)
+        self.bar.n = record["step"]
+        self.bar.set_postfix(
+            reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"
+        )
+        self.bar.refresh()
+
+
+def _summary(
+    cfg: HoneConfig, data: dict[str, Any], run_dir: Path, result: dict[str, Any], metrics: MetricsFile, seconds: float
+) -> dict[str, Any]:
+    steps = [r for r in metrics.lines if "step_seconds" in r]
+    step_seconds = sum(r["step_seconds"] for r in steps)
+    samples = cfg.rl.prompts_per_step * cfg.rl.group_size
+    return {
+        "mode": "rl",
+        "steps": data["total_steps"],
+        "samples_per_step": samples,
+        "samples_per_s": samples * len(steps) / step_seconds if step_seconds else 0.0,
+        "final_reward_mean": steps[-1]["reward_mean"] if steps else None,
+        "wall_seconds": seconds,
+        "model_path": str(run_dir / "model"),
+        "eval": {"before": result["before"], "after": result["after"]},
+        "placement": result["placement"],
+        "restarts": result["restarts"],
+        "data": data,
+    }

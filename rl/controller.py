@@ -1,0 +1,407 @@
+"""`mode: rl`: the single controller. It reads like the algorithm:
+
+    for each step:  generate (rollout actors) -> score (reward actors) -> advantages (a pure function)
+                    -> reference log-probs (reference actors, when kl_coef > 0) -> update (policy group)
+                    -> send the new weights to the rollout actors
+
+Started by `hone run rl.yaml` (cluster/rl_run.py owns the run dir, tracking and the progress bar).
+A rollout, reward or reference actor that dies is restarted by Ray and its shard of the step is issued
+again (same prompts, same seed, so the step is neither lost nor counted twice). A dead policy worker
+takes the group down; it is rebuilt from the last checkpoint, `scaling.max_failures` times at most.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+
+from rl.algorithms import fill_invalid, group_advantages
+from rl.batch import RolloutBatch, concat
+from rl.group import ActorGroup, RolePlacementError, role_bundle
+from rl.policy import PolicyWorker, checkpoint_path
+from rl.prepare import PreparedRl
+from rl.rewards import RewardError
+from rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
+from training.config import HoneConfig, to_dict
+
+COMMITTED = "COMMITTED"
+# Ray restarts a crashed rollout/reward/reference actor this many times before the run gives up.
+ACTOR_RESTARTS = 3
+PLACEMENT_FIX = "lower the role's num_workers/cpus/gpus, drop its custom resources, or add nodes"
+
+
+class PolicyDied(RuntimeError):
+    """A policy worker died; the group restarts from the last checkpoint."""
+
+
+@dataclass
+class Roles:
+    policy: ActorGroup
+    rollout: ActorGroup
+    reward: ActorGroup
+    reference: ActorGroup | None
+
+    def all(self) -> dict[str, ActorGroup]:
+        groups = {"policy": self.policy, "rollout": self.rollout, "reward": self.reward}
+        return groups | ({"reference": self.reference} if self.reference else {})
+
+    def stop(self) -> None:
+        for group in self.all().values():
+            group.stop()
+
+
+def reserve_roles(cfg: HoneConfig) -> Roles:
+    """Reserve every role's placement group (bounded wait each) before anything starts or is written."""
+    rl, s = cfg.rl, cfg.scaling
+    policy_bundle = role_bundle(s.cpus_per_worker, s.gpus_per_worker if s.use_gpu else 0, rl.policy_resources)
+    roles = Roles(
+        policy=ActorGroup("policy", s.num_workers, policy_bundle, s.placement_strategy),
+        rollout=ActorGroup(
+            "rollout", rl.rollout.num_workers, role_bundle(rl.rollout.cpus, rl.rollout.gpus, rl.rollout.resources)
+        ),
+        reward=ActorGroup("reward", rl.reward.num_workers, role_bundle(rl.reward.cpus, rl.reward.gpus, rl.reward.resources)),
+        reference=None,
+    )
+    if rl.kl_coef > 0:
+        ref = rl.reference
+        roles.reference = ActorGroup("reference", ref.num_workers, role_bundle(ref.cpus, ref.gpus, ref.resources))
+    _check_total_demand(roles)
+    try:
+        for group in roles.all().values():
+            group.reserve(s.placement_timeout_s, PLACEMENT_FIX)
+    except Exception:
+        roles.stop()
+        raise
+    return roles
+
+
+class Controller:
+    def __init__(
+        self, cfg: HoneConfig, prepared: PreparedRl, run_dir: Path, roles: Roles, log: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.cfg, self.prepared, self.run_dir, self.roles, self.log = cfg, prepared, run_dir, roles, log
+        self.config = to_dict(cfg)
+        self.version, self.weights = 0, list[Any]()  # version 0: the base weights every actor starts with
+        self.restarts = {"rollout": 0, "reward": 0, "reference": 0, "policy": 0}
+
+    # ------------------------------------------------------------------------------------------------
+    # The run
+
+    def run(self, eval_before: dict[str, float] | None) -> dict[str, Any]:
+        self._start_workers()
+        self._start_policy()
+        before = eval_before or self.evaluate()
+        if eval_before is None:
+            self.log({"event": "eval_before", **before})
+        self._train_with_recovery()
+        after = self.evaluate()
+        self.roles.policy.call_all("export", str(self.run_dir))
+        placement = {name: group.call_all("where") for name, group in self.roles.all().items()}
+        self.roles.policy.call_all("shutdown")
+        return {"before": before, "after": after, "placement": placement, "restarts": self.restarts}
+
+    def _train_with_recovery(self) -> None:
+        for attempt in range(self.cfg.scaling.max_failures + 1):
+            try:
+                self._train(self._resume())
+                return
+            except PolicyDied as err:
+                if attempt == self.cfg.scaling.max_failures:
+                    raise RuntimeError(f"the policy group failed {attempt + 1} times (scaling.max_failures): {err}") from err
+                self.restarts["policy"] += 1
+                print(f"hone: {err}; restarting the policy group from the last checkpoint", flush=True)
+                self.roles.policy.stop_actors()
+                self._start_policy()
+
+    def _train(self, step: int) -> None:
+        total, asynchronous = self.prepared.total_steps, self.cfg.rl.async_rollout
+        pending = self._launch_rollout(step) if step < total else []
+        while step < total:
+            started = time.perf_counter()
+            batch = concat(self._collect(self.roles.rollout, pending))
+            rollout_s = time.perf_counter() - started
+            if asynchronous and step + 1 < total:
+                pending = self._launch_rollout(step + 1)  # generates while this step updates: one step stale
+            batch, parts, score_s = self._score(batch)
+            batch.advantages = self._advantages(batch)
+            ref_s = self._reference(batch)
+            stats = self._update(batch, off_policy=asynchronous)
+            sync_s = self._sync()
+            step += 1
+            if not asynchronous and step < total:
+                pending = self._launch_rollout(step)
+            seconds = time.perf_counter() - started
+            timings = {"rollout": rollout_s, "score": score_s, "reference": ref_s, "sync": sync_s, "step": seconds}
+            self.log(self._metrics(step, batch, parts, stats, timings))
+            if step == total or (self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0):
+                self._save(step)
+
+    # ------------------------------------------------------------------------------------------------
+    # Roles
+
+    def _start_workers(self) -> None:
+        p = self.prepared
+        env = _env(self.cfg)
+        self.roles.rollout.start(
+            RolloutWorker,
+            [(self.config, p.resolved_model, p.add_special_tokens)] * self.roles.rollout.num_actors,
+            ACTOR_RESTARTS,
+            env,
+        )
+        self.roles.reward.start(RewardWorker, [(self.config,)] * self.roles.reward.num_actors, ACTOR_RESTARTS, env)
+        if self.roles.reference:
+            self.roles.reference.start(
+                ReferenceWorker, [(self.config, p.resolved_model)] * self.roles.reference.num_actors, ACTOR_RESTARTS, env
+            )
+
+    def _start_policy(self) -> None:
+        group, world = self.roles.policy, self.roles.policy.num_actors
+        args = [(self.config, self.prepared.resolved_model, rank, world, self.prepared.total_steps) for rank in range(world)]
+        group.start(PolicyWorker, args, max_restarts=0, env=_env(self.cfg))
+        master = ray.get(group.actors[0].address.remote())
+        self._policy_get([a.setup.remote(master) for a in group.actors])
+
+    def _policy_get(self, refs: list[Any]) -> list[Any]:
+        """Results of a collective call. If one rank dies the others would wait for it forever in the
+        collective, so results are taken as they come and the first failure ends the wait."""
+        pending, done = list(refs), {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                done[ready[0]] = ray.get(ready[0])
+            except RayActorError as err:
+                raise PolicyDied(f"a policy worker died ({type(err).__name__})") from None
+        return [done[r] for r in refs]
+
+    def _collect(self, group: ActorGroup, calls: list[tuple[int, str, tuple, Any]]) -> list[Any]:
+        """Results of per-actor calls, in order. A call whose actor died is issued again to the same actor
+        once Ray has restarted it (calls to a restarting actor wait for it)."""
+        results = []
+        for index, method, args, ref in calls:
+            for attempt in range(ACTOR_RESTARTS + 1):
+                try:
+                    results.append(ray.get(ref))
+                    break
+                except RayTaskError as err:
+                    if isinstance(err.cause, RewardError):
+                        raise err.cause from None
+                    raise
+                except RayActorError as err:
+                    if attempt == ACTOR_RESTARTS:
+                        raise RuntimeError(f"{group.role} actor {index} died {attempt + 1} times; giving up") from err
+                    self.restarts[group.role] += 1
+                    print(f"hone: {group.role} actor {index} died; re-issuing its work after Ray restarts it", flush=True)
+                    ref = getattr(group.actors[index], method).remote(*args)
+        return results
+
+    def _sharded(self, group: ActorGroup, method: str, args_per_actor: list[tuple]) -> list[tuple[int, str, tuple, Any]]:
+        return [(i, method, args, getattr(group.actors[i], method).remote(*args)) for i, args in enumerate(args_per_actor)]
+
+    # ------------------------------------------------------------------------------------------------
+    # The steps of the algorithm
+
+    def _prompt_indices(self, step: int) -> list[int]:
+        """The step's prompts: a seeded shuffle per epoch, so a resumed run sees the same order."""
+        n, per_step = len(self.prepared.train_prompts), self.cfg.rl.prompts_per_step
+        out: list[int] = []
+        position = step * per_step
+        while len(out) < per_step:
+            epoch, offset = divmod(position, n)
+            order = list(range(n))
+            random.Random(self.cfg.seed + epoch).shuffle(order)
+            take = order[offset : offset + per_step - len(out)]
+            out += take
+            position += len(take)
+        return out
+
+    def _launch_rollout(self, step: int) -> list[tuple[int, str, tuple, Any]]:
+        indices = self._prompt_indices(step)
+        prompts = [self.prepared.train_prompts[i] for i in indices]
+        rows = [self.prepared.train_rows[i] for i in indices]
+        return self._generate(prompts, rows, self.cfg.rl.group_size, greedy=False, seed=self.cfg.seed * 1_000_003 + step * 101)
+
+    def _generate(self, prompts: list[str], rows: list[dict], group_size: int, greedy: bool, seed: int) -> list[Any]:
+        shards = np.array_split(np.arange(len(prompts)), self.roles.rollout.num_actors)
+        args = [
+            ([prompts[i] for i in s], [rows[i] for i in s], group_size, seed + k, greedy, self.weights, self.version)
+            for k, s in enumerate(shards)
+            if len(s)
+        ]
+        return self._sharded(self.roles.rollout, "generate", args)
+
+    def _score(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, torch.Tensor], float]:
+        """Every reward for every sample; bad values fail the run or skip the sample (rl.on_bad_reward)."""
+        started = time.perf_counter()
+        lengths = batch.completion_mask.sum(dim=1).tolist()
+        shards = [s for s in np.array_split(np.arange(len(batch)), self.roles.reward.num_actors) if len(s)]
+        args = [
+            (
+                [batch.prompts[i] for i in s],
+                [batch.completions[i] for i in s],
+                [batch.rows[i] for i in s],
+                [lengths[i] for i in s],
+            )
+            for s in shards
+        ]
+        results = self._collect(self.roles.reward, self._sharded(self.roles.reward, "score", args))
+        parts = {name: torch.tensor([v for r in results for v in r[0][name]]) for name in results[0][0]}
+        bad = [(int(s[i]), text) for s, r in zip(shards, results, strict=True) for i, text in r[1]]
+        if bad and self.cfg.rl.on_bad_reward == "fail":
+            raise RewardError(f"{bad[0][1]}. Fix the reward, or set rl.on_bad_reward=skip to leave such samples out")
+        valid = torch.ones(len(batch), dtype=torch.bool)
+        for index, _ in bad:
+            valid[index] = False
+        weights = {_name: spec.weight for _name, spec in zip(parts, self.cfg.rl.rewards, strict=True)}
+        total = sum(weights[k] * torch.nan_to_num(v) for k, v in parts.items())
+        batch.rewards, batch.valid, batch.reward_parts = total, valid, parts  # type: ignore[assignment]
+        return batch, parts, time.perf_counter() - started
+
+    def _advantages(self, batch: RolloutBatch) -> torch.Tensor:
+        assert batch.rewards is not None and batch.valid is not None
+        rewards = fill_invalid(batch.rewards, batch.valid, self.cfg.rl.group_size)
+        return group_advantages(rewards, self.cfg.rl.group_size, self.cfg.rl.advantage)
+
+    def _reference(self, batch: RolloutBatch) -> float:
+        if self.roles.reference is None:
+            return 0.0
+        started = time.perf_counter()
+        shards = _split_even(batch, self.roles.reference.num_actors)
+        logps = self._collect(self.roles.reference, self._sharded(self.roles.reference, "logp", [(s,) for s in shards]))
+        width = batch.completion_ids.size(1)
+        batch.ref_logp = torch.cat([torch.nn.functional.pad(x, (0, width - x.size(1))) for x in logps])
+        return time.perf_counter() - started
+
+    def _update(self, batch: RolloutBatch, off_policy: bool) -> dict[str, float]:
+        mask = batch.loss_mask()
+        totals = {
+            "total_tokens": float(mask.sum().clamp(min=1)),
+            "total_samples": int(batch.valid.sum().clamp(min=1)) if batch.valid is not None else len(batch),
+            "max_len": self.cfg.rl.generation.max_new_tokens,
+        }
+        shards = batch.split(self.roles.policy.num_actors)
+        sums = self._policy_get(
+            [a.update.remote(s, totals, off_policy) for a, s in zip(self.roles.policy.actors, shards, strict=True)]
+        )
+        tokens = max(sum(s["tokens"] for s in sums), 1.0)
+        out = {k: sum(s[k] for s in sums) / tokens for k in ("clip_fraction", "kl", "entropy", "ratio_mean")}
+        out["loss"] = sum(s["loss"] for s in sums)
+        out["update_seconds"] = max(s["update_seconds"] for s in sums)
+        out["lr"] = sums[0]["lr"]
+        return out
+
+    def _sync(self) -> float:
+        """The policy's new weights to the rollout actors: put once in the object store, fetched by each
+        rollout actor on its next call (only the LoRA adapter when LoRA is on)."""
+        started = time.perf_counter()
+        results = self._policy_get([a.weights.remote() for a in self.roles.policy.actors])
+        self.weights, self.version = results[0], self.version + 1
+        return time.perf_counter() - started
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions for the held-out prompts, scored by the same rewards: mean reward and parts."""
+        p = self.prepared
+        batch = concat(
+            self._collect(self.roles.rollout, self._generate(p.eval_prompts, p.eval_rows, 1, greedy=True, seed=self.cfg.seed))
+        )
+        batch, parts, _ = self._score(batch)
+        assert batch.rewards is not None and batch.valid is not None
+        valid = batch.valid
+        out = {"mean_reward": float(batch.rewards[valid].mean()) if valid.any() else float("nan")}
+        out |= {f"reward/{k}": float(v[valid].mean()) for k, v in parts.items()}
+        out["response_length"] = float(batch.completion_mask.sum(dim=1).float().mean())
+        return out
+
+    def _metrics(
+        self, step: int, batch: RolloutBatch, parts: dict[str, torch.Tensor], stats: dict[str, float], t: dict[str, float]
+    ) -> dict[str, Any]:
+        assert batch.rewards is not None and batch.valid is not None
+        valid = batch.valid
+        rewards = batch.rewards[valid]
+        return {
+            "step": step,
+            "reward_mean": float(rewards.mean()) if len(rewards) else float("nan"),
+            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            **{f"reward/{k}": float(v[valid].mean()) for k, v in parts.items()},
+            **stats,
+            "response_length": float(batch.completion_mask.sum(dim=1).float().mean()),
+            "skipped_samples": int((~valid).sum()),
+            "rollout_seconds": t["rollout"],
+            "score_seconds": t["score"],
+            "reference_seconds": t["reference"],
+            "sync_seconds": t["sync"],
+            "step_seconds": t["step"],
+            "samples_per_s": len(batch) / t["step"],
+            "restarts": sum(self.restarts.values()),
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints: the policy's DeepSpeed state plus the step, trusted only once COMMITTED is written
+
+    def _save(self, step: int) -> None:
+        folder = checkpoint_path(self.run_dir, step)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._policy_get([a.save.remote(str(folder)) for a in self.roles.policy.actors])
+        (folder / "controller.json").write_text(json.dumps({"step": step}))
+        (folder / COMMITTED).write_text("")  # after every rank finished writing
+        for old in committed_checkpoints(self.run_dir)[: -self.cfg.checkpoint.keep]:
+            shutil.rmtree(old)
+
+    def _resume(self) -> int:
+        """Load the last committed checkpoint into the policy group (and drop half-written ones)."""
+        folders = committed_checkpoints(self.run_dir)
+        for folder in sorted((self.run_dir / "checkpoints").glob("step_*")):
+            if not (folder / COMMITTED).exists():
+                shutil.rmtree(folder)
+        if not folders:
+            if self.version:  # a rebuilt policy group starts from base weights again: so must the rollouts
+                self._sync()
+            return 0
+        self._policy_get([a.load.remote(str(folders[-1])) for a in self.roles.policy.actors])
+        self._sync()
+        step = json.loads((folders[-1] / "controller.json").read_text())["step"]
+        print(f"hone: resumed from step {step} ({folders[-1].name})", flush=True)
+        return int(step)
+
+
+def _check_total_demand(roles: Roles) -> None:
+    """All roles together must fit the cluster: say so at once rather than after a placement timeout."""
+    demand: dict[str, float] = {}
+    for group in roles.all().values():
+        for key, value in group.bundle.items():
+            demand[key] = demand.get(key, 0.0) + value * group.num_actors
+    total = ray.cluster_resources()
+    short = {k: v for k, v in demand.items() if total.get(k, 0.0) < v - 1e-9}
+    if short:
+        per_role = "; ".join(f"{name}: {g.num_actors} x {g.bundle}" for name, g in roles.all().items())
+        have = ", ".join(f"{k} {total.get(k, 0.0):g}" for k in short)
+        raise RolePlacementError(
+            f"the RL roles together need {', '.join(f'{k} {v:g}' for k, v in short.items())} but the cluster has {have} "
+            f"({per_role}); {PLACEMENT_FIX}"
+        )
+
+
+def committed_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(f for f in (run_dir / "checkpoints").glob("step_*") if (f / COMMITTED).exists())
+
+
+def _split_even(batch: RolloutBatch, parts: int) -> list[RolloutBatch]:
+    bounds = np.array_split(np.arange(len(batch)), parts)
+    return [batch.select(slice(int(b[0]), int(b[-1]) + 1)) for b in bounds if len(b)]
+
+
+def _env(cfg: HoneConfig) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if not cfg.scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env

@@ -1,0 +1,184 @@
+"""The policy group: one DeepSpeed engine per actor, wired into one torch.distributed process group.
+
+The controller hands each rank its shard of the step's batch; every rank splits it into micro-batches and
+takes one optimizer step together (DeepSpeed averages gradients across ranks and accumulation steps).
+Methods that touch sharded weights (weights, save, export) are collective: call them on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from rl.algorithms import kl_per_token, policy_loss
+from rl.batch import RolloutBatch
+from rl.workers import Located
+from training.config import from_dict
+
+CHECKPOINT_TAG = "policy"
+
+
+def free_address() -> tuple[str, int]:
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class PolicyWorker(Located):
+    def __init__(self, config: dict[str, Any], resolved: str, rank: int, world: int, total_steps: int) -> None:
+        self.cfg = from_dict(config)
+        if not self.cfg.scaling.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        import torch
+
+        torch.set_num_threads(max(1, int(self.cfg.scaling.cpus_per_worker)))
+        self.resolved, self.rank, self.world, self.total_steps = resolved, rank, world, total_steps
+        self.engine: Any = None
+
+    def address(self) -> tuple[str, int]:
+        return free_address()
+
+    def setup(self, master: tuple[str, int]) -> dict[str, Any]:
+        """Join the process group and build the engine; returns where this rank runs."""
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        os.environ.update(
+            {"MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "RANK": str(self.rank)}
+            | {"WORLD_SIZE": str(self.world), "LOCAL_RANK": "0"}
+        )
+        backend = "nccl" if self.cfg.scaling.use_gpu and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world)
+        self.engine, self.tokenizer = self._build_engine()
+        return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def _build_engine(self) -> tuple[Any, Any]:
+        import deepspeed
+        import torch
+
+        from training.ds_config import deepspeed_config, resolve_precision
+        from training.losses import lr_multiplier
+        from training.models import add_lora, load_model, load_tokenizer
+
+        cfg = self.cfg
+        tokenizer = load_tokenizer(cfg.model, self.resolved)
+        model = load_model(cfg.model, self.resolved, "causal")
+        if cfg.lora.enabled:
+            model = add_lora(model, cfg.lora, "causal")
+        samples_per_rank = cfg.rl.prompts_per_step * cfg.rl.group_size // self.world
+        # One optimizer step per RL step: the rank's samples are its micro-batches.
+        step_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, grad_accum=samples_per_rank // cfg.train.micro_batch_per_device)
+        )
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        ds_config = deepspeed_config(step_cfg, resolve_precision(cfg, gpu_bf16))
+        opt, total = cfg.optim, self.total_steps
+
+        def schedule(optimizer: Any) -> Any:
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: lr_multiplier(s, opt.warmup_steps, total, opt.decay, opt.min_lr_ratio)
+            )
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
+        return engine, tokenizer
+
+    def update(self, shard: RolloutBatch, totals: dict[str, float], off_policy: bool) -> dict[str, float]:
+        """One optimizer step on this rank's shard; returns sums of the diagnostics (the controller adds ranks)."""
+
+        from rl.logprobs import completion_logits, entropy, token_logp
+
+        started, rl, engine = time.perf_counter(), self.cfg.rl, self.engine
+        lr = engine.get_lr()[0]
+        engine.train()
+        sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0, "ratio_mean": 0.0, "tokens": 0.0}
+        micro = self.cfg.train.micro_batch_per_device
+        for start in range(0, len(shard), micro):
+            part = shard.select(slice(start, start + micro))
+            mask = part.loss_mask().to(engine.device)
+            logits = completion_logits(engine, part, engine.device)
+            logp = token_logp(logits, part.completion_ids.to(engine.device), rl.generation.temperature)
+            # On-policy the old log-probs are the current ones (ratio 1, as TRL does with one iteration);
+            # async samples come from weights one step older, so the rollout's own log-probs correct them.
+            old = part.rollout_logp.to(engine.device) if off_policy else logp.detach()
+            kl = kl_per_token(logp, part.ref_logp.to(engine.device), rl.kl_estimator) if part.ref_logp is not None else None
+            loss, stats = policy_loss(
+                logp, old, part.advantages.to(engine.device), mask, rl.clip_low, rl.clip_high,  # type: ignore[union-attr]
+                kl, rl.kl_coef, rl.loss_aggregation, totals,
+            )  # fmt: skip
+            # DeepSpeed divides by accumulation steps and averages ranks; undo both so the micro-batch
+            # losses add up to the whole step's loss.
+            engine.backward(loss * engine.gradient_accumulation_steps() * self.world)
+            engine.step()
+            tokens = float(mask.sum())
+            sums["loss"] += float(loss.detach())
+            sums["tokens"] += tokens
+            sums["entropy"] += float((entropy(logits, rl.generation.temperature) * mask).sum())
+            for key in ("clip_fraction", "kl", "ratio_mean"):
+                sums[key] += stats[key] * tokens
+        sums["update_seconds"] = time.perf_counter() - started
+        sums["lr"] = lr
+        return sums
+
+    def weights(self) -> list[Any]:
+        """What rollout actors need, put in the object store by rank 0: the LoRA adapter alone when LoRA
+        is on (a few MB), else the full state dict. Collective under ZeRO-3."""
+        import ray
+
+        state = self._gathered_state()
+        if self.rank != 0:
+            return []
+        return [ray.put(state)]
+
+    def _gathered_state(self) -> dict[str, Any] | None:
+        import torch
+
+        module = self.engine.module
+        if self.cfg.lora.enabled:
+            from peft import get_peft_model_state_dict
+
+            params = [p for n, p in module.named_parameters() if "lora_" in n]
+            grab = lambda: {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(module).items()}  # noqa: E731
+        else:
+            params = list(module.parameters())
+            grab = lambda: {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}  # noqa: E731
+        if self.cfg.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return grab() if self.rank == 0 else None
+        with torch.no_grad():
+            return grab() if self.rank == 0 else None
+
+    def save(self, folder: str) -> None:
+        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG)
+
+    def load(self, folder: str) -> None:
+        self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+
+    def export(self, run_dir: str) -> None:
+        from training.export import export_model
+
+        plan = {"resolved_model": self.resolved, "kind": "causal", "run_dir": run_dir}
+        export_model(self.engine, self.cfg, plan, self.tokenizer, self.rank)
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if self.engine is not None:
+            self.engine.destroy()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:07d}"
