@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
 from rl.algorithms import fill_invalid, group_advantages
 from rl.batch import RolloutBatch, concat
@@ -201,7 +201,8 @@ class Controller:
                     if attempt == ACTOR_RESTARTS:
                         raise RuntimeError(f"{group.role} actor {index} died {attempt + 1} times; giving up") from err
                     self.restarts[group.role] += 1
-                    print(f"hone: {group.role} actor {index} died; re-issuing its work after Ray restarts it", flush=True)
+                    print(f"hone: {group.role} actor {index} died; re-issuing its work once Ray has restarted it", flush=True)
+                    _wait_alive(group.actors[index], f"{group.role} actor {index}")
                     ref = getattr(group.actors[index], method).remote(*args)
         return results
 
@@ -393,6 +394,20 @@ def _check_total_demand(roles: Roles) -> None:
 
 def committed_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(f for f in (run_dir / "checkpoints").glob("step_*") if (f / COMMITTED).exists())
+
+
+def _wait_alive(actor: Any, name: str, timeout_s: float = 300.0) -> None:
+    """Block until Ray has restarted `actor` (calls made while it restarts fail rather than wait)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.where.remote(), timeout=30)
+            return
+        except ActorDiedError:
+            raise RuntimeError(f"{name} died and Ray will not restart it again") from None
+        except (RayActorError, GetTimeoutError):
+            time.sleep(0.5)
+    raise RuntimeError(f"{name} did not come back within {timeout_s:g} s after it died")
 
 
 def _split_even(batch: RolloutBatch, parts: int) -> list[RolloutBatch]:
