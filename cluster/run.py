@@ -1,10 +1,10 @@
-"""`hone run CONFIG.yaml`: pretrain or sft on a Ray Train worker group running DeepSpeed.
+"""`hone run CONFIG.yaml`: pretrain, sft, dpo or reward on a Ray Train worker group running DeepSpeed.
 
     hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
 
 Reads top to bottom: validate and tokenize (no Ray yet) -> claim the run dir -> start/join Ray ->
-check the workers fit -> evaluate the base model -> train (resumes automatically) -> evaluate the export
--> summary.json and the before/after table.
+check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the base model -> train
+(resumes automatically) -> evaluate the export -> summary.json and the before/after table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cluster.progress import MetricsFile, RunLog, follow
 from cluster.rundir import claim, inspect, remove_orphan_checkpoints
 from cluster.tracking import Tracker
 from training.config import HoneConfig, to_dict
-from training.prepare import Prepared, prepare
+from training.prepare import Prepared, attach_reference, prepare
 
 
 def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
@@ -45,6 +45,8 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
         what = "resuming" if state == "resume" else "new"
         print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
         tracker = Tracker(cfg, run_dir)
+        if cfg.mode == "dpo":
+            _reference(cfg, prepared, run_dir)
         before = _eval_before(cfg, prepared, run_dir)
         workers, metrics = _train(cfg, prepared, run_dir, tracker)
         after = _evaluate(cfg, prepared, str(run_dir / "model"))
@@ -65,6 +67,27 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, 
     task = ray.remote(evaluate_model).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
     ref = task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt)
     return ray.get(ref)
+
+
+def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
+    """DPO's frozen reference: the base model's log-probs of every train and eval pair, computed once as a
+    Ray task and cached in the run dir (a resumed run reuses them). Precomputing works under every ZeRO
+    stage and keeps a second model out of the training workers, at the cost of one no-grad pass."""
+    import ray
+
+    from training.evaluate import reference_logps
+
+    path = run_dir / "reference_logps.json"
+    if path.exists():
+        logps = json.loads(path.read_text())
+    else:
+        print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
+        bundle = worker_bundle(cfg.scaling)
+        task = ray.remote(reference_logps).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+        splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
+        logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
+        path.write_text(json.dumps(logps))
+    attach_reference(prepared, logps)
 
 
 def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str, float]:

@@ -107,14 +107,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def preference_rows(n: int, seed: int = 0, chat: bool = False) -> list[dict]:
+def preference_rows(n: int, seed: int = 0, chat: bool = False, off_topic: bool = False) -> list[dict]:
     """A learnable preference task: the chosen reply copies the letters, the rejected one gets them wrong
-    (other letters, same length)."""
+    (other letters, same length), or with `off_topic` answers with words instead of letters."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         letters = [rng.choice(LETTERS) for _ in range(rng.randint(2, 4))]
-        wrong = [rng.choice([x for x in LETTERS if x != c]) for c in letters]
+        wrong = [rng.choice(WORDS) if off_topic else rng.choice([x for x in LETTERS if x != c]) for c in letters]
         prompt, chosen, rejected = f"copy {' '.join(letters)} ->", f" {' '.join(letters)}", f" {' '.join(wrong)}"
         if chat:
             rows.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen.strip(), "rejected": rejected.strip()})

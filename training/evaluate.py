@@ -2,6 +2,9 @@
 
 pretrain: held-out `loss` and `perplexity` (for masked LMs, over a fixed, seeded masking).
 sft:      held-out `loss` on completion tokens, and `exact_match` of greedy generations.
+dpo:      held-out DPO `loss`, `reward_accuracy` (pairs whose implicit reward margin is > 0) and the mean
+          `reward_margin`. Before training the policy is the reference: margin 0, accuracy 0, loss log 2.
+reward:   held-out Bradley-Terry `loss`, pairwise `accuracy` (chosen scored above rejected), mean `margin`.
 """
 
 from __future__ import annotations
@@ -9,15 +12,26 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from training.batches import collate_pairs
 from training.config import HoneConfig
-from training.data import Row
-from training.forward import summed_loss
+from training.data import PREFERENCE_MODES, Row
+from training.forward import pair_scores, summed_loss, summed_pair_stats
 from training.tokens import Example, generation_prompt, reference_completion
 
 
 def evaluate_model(
     cfg: HoneConfig, model_dir: str, kind: str, examples: list[Example], rows: list[Row], fmt: str
 ) -> dict[str, float]:
+    tokenizer, model = _load(cfg, model_dir, kind)
+    if cfg.mode in PREFERENCE_MODES:
+        return pair_metrics(model, tokenizer, examples, cfg)
+    loss = heldout_loss(model, tokenizer, examples, cfg, kind)
+    if cfg.mode == "pretrain":
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return {"loss": loss, "exact_match": exact_match(model, tokenizer, rows, fmt, cfg)}
+
+
+def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
     import torch
 
     from training.models import load_model, load_tokenizer
@@ -27,10 +41,34 @@ def evaluate_model(
     model = load_model(cfg.model, model_dir, kind).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")
-    loss = heldout_loss(model, tokenizer, examples, cfg, kind)
-    if cfg.mode == "pretrain":
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    return {"loss": loss, "exact_match": exact_match(model, tokenizer, rows, fmt, cfg)}
+    return tokenizer, model
+
+
+def pair_metrics(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig) -> dict[str, float]:
+    totals = summed_pair_stats(model, examples, tokenizer, cfg)
+    n = max(totals["count"], 1.0)
+    prefix = "reward_" if cfg.mode == "dpo" else ""  # DPO's are implicit rewards, a reward model's are its own
+    return {"loss": totals["loss"] / n, f"{prefix}accuracy": totals["correct"] / n, f"{prefix}margin": totals["margin"] / n}
+
+
+def reference_logps(cfg: HoneConfig, model_dir: str, splits: dict[str, list[Example]]) -> dict[str, list[list[float]]]:
+    """DPO's frozen reference: [chosen, rejected] summed completion log-probs of every pair under the base
+    model. Batched exactly as the held-out evaluation batches, so before training the policy's log-probs
+    equal these bit for bit and the margin is exactly 0."""
+    import torch
+
+    tokenizer, model = _load(cfg, model_dir, "causal")
+    device = next(model.parameters()).device
+    out: dict[str, list[list[float]]] = {}
+    for split, examples in splits.items():
+        pairs: list[list[float]] = []
+        for start in range(0, len(examples), cfg.eval.batch_size):
+            batch = collate_pairs(examples[start : start + cfg.eval.batch_size], tokenizer.pad_token_id)
+            with torch.no_grad():
+                chosen, rejected = pair_scores(model, {k: v.to(device) for k, v in batch.items()}, "dpo")
+            pairs += [[c, r] for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]
+        out[split] = pairs
+    return out
 
 
 def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig, kind: str) -> float:

@@ -1,4 +1,5 @@
-"""The per-worker training loop, shared by pretrain and sft: one explicit loop on the DeepSpeed engine.
+"""The per-worker training loop, shared by pretrain, sft, dpo and reward: one explicit loop on the DeepSpeed
+engine. dpo and reward differ only in their batches (pairs) and loss (training/forward.py:step_loss_sum).
 
 Each Ray Train worker runs `train_worker(plan)`:
 
@@ -16,10 +17,11 @@ import socket
 import time
 from typing import Any
 
-from training.batches import apply_mlm_masking, collate, example_indices
+from training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from training.config import HoneConfig, from_dict
+from training.data import PREFERENCE_MODES
 from training.ds_config import deepspeed_config, resolve_precision
-from training.forward import forward_loss_sum, summed_loss
+from training.forward import step_loss_sum, summed_loss
 from training.losses import lr_multiplier, mean_loss
 from training.tokens import IGNORE, Example
 
@@ -110,13 +112,15 @@ class _Batcher:
     def __init__(self, cfg: HoneConfig, plan: dict[str, Any], tokenizer: Any, examples: list[Example], rank: int, world: int):
         self.cfg, self.tokenizer, self.examples, self.rank, self.world = cfg, tokenizer, examples, rank, world
         self.masked = plan["kind"] == "masked"
+        self.pairs = cfg.mode in PREFERENCE_MODES
 
     def get(self, step: int, micro: int, device: Any) -> dict[str, Any]:
         t = self.cfg.train
         ids = example_indices(
             step, micro, self.rank, len(self.examples), self.cfg.seed, t.micro_batch_per_device, t.grad_accum, self.world
         )
-        batch = collate([self.examples[i] for i in ids], self.tokenizer.pad_token_id)
+        chosen = [self.examples[i] for i in ids]
+        batch = collate_pairs(chosen, self.tokenizer.pad_token_id) if self.pairs else collate(chosen, self.tokenizer.pad_token_id)
         if self.masked:
             seed = hash((self.cfg.seed, step, micro, self.rank)) & 0x7FFFFFFF
             batch = apply_mlm_masking(
@@ -132,7 +136,7 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str, torch: Any
         batch = batcher.get(step, micro, engine.device)
         real += int(batch.pop("num_real_tokens"))
         tokens += batch["input_ids"].numel()
-        loss_sum, n = forward_loss_sum(engine, batch, kind)
+        loss_sum, n = step_loss_sum(engine, batch, kind, batcher.cfg)
         engine.backward(mean_loss(loss_sum, n))
         engine.step()
         loss_total += float(loss_sum.detach())
@@ -156,16 +160,21 @@ def evaluate_loss(
 
     per_rank = -(-len(examples) // world)
     shard: list[Example] = examples[rank::world]
-    blank = (
-        {**examples[0], "labels": [IGNORE] * len(examples[0]["input_ids"])}
-        if "labels" in examples[0]
-        else {**examples[0], "special_mask": [1] * len(examples[0]["input_ids"])}
-    )
+    blank = _blank(examples[0])
     shard = shard + [blank] * (per_rank - len(shard))
     engine.eval()
     total, count = summed_loss(engine, shard, tokenizer, cfg, kind, seed=cfg.seed + rank * 7919)
     summed = _all_reduce_sum(torch, dist, total, count)
     return summed[0] / max(summed[1], 1)
+
+
+def _blank(example: Example) -> Example:
+    """A copy of `example` that the loss ignores, to even out eval shards."""
+    if "prompt_ids" in example:
+        return {**example, "pair_weight": [0.0]}
+    if "labels" in example:
+        return {**example, "labels": [IGNORE] * len(example["input_ids"])}
+    return {**example, "special_mask": [1] * len(example["input_ids"])}
 
 
 def _peak_rss_mb() -> float:

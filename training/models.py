@@ -15,6 +15,9 @@ from typing import Any
 from training.config import LoraConfig, ModelConfig
 
 CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
+# A reward model's score head is new (random) on top of the base model. Drawing it from a fixed seed makes
+# the eval-before task, every training worker and the exporter build the very same starting model.
+REWARD_HEAD_SEED = 0
 
 
 class ModelSourceError(ValueError):
@@ -99,15 +102,35 @@ def objective(model: ModelConfig, resolved: str) -> str:
 
 
 def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) -> Any:
+    """kind: causal, masked, or reward (a sequence classifier with one output on the base model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    if kind == "reward":
+        return _load_reward_model(model, resolved, dtype or torch.float32)
     auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
     return auto.from_pretrained(resolved, trust_remote_code=model.trust_remote_code, dtype=dtype or torch.float32)
 
 
+def _load_reward_model(model: ModelConfig, resolved: str, dtype: Any) -> Any:
+    """AutoModelForSequenceClassification with num_labels=1 from a causal model (or an earlier reward model).
+    config.pad_token_id must be set: the head scores the last non-pad token, which it finds through it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    pad_id = load_tokenizer(model, resolved).pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(REWARD_HEAD_SEED)
+        reward = AutoModelForSequenceClassification.from_pretrained(
+            resolved, num_labels=1, pad_token_id=pad_id, trust_remote_code=model.trust_remote_code, dtype=dtype
+        )
+    reward.config.pad_token_id = pad_id
+    return reward
+
+
 def add_lora(module: Any, lora: LoraConfig, kind: str) -> Any:
-    """Wrap the model in a peft LoRA adapter; only adapter weights train."""
+    """Wrap the model in a peft LoRA adapter; only adapter weights train. For a reward model, peft's SEQ_CLS
+    task also trains (and saves) the new score head in full, which the adapter alone could not learn."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
 
@@ -116,6 +139,6 @@ def add_lora(module: Any, lora: LoraConfig, kind: str) -> Any:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        task_type=TaskType.CAUSAL_LM if kind == "causal" else None,
+        task_type={"causal": TaskType.CAUSAL_LM, "reward": TaskType.SEQ_CLS}.get(kind),
     )
     return get_peft_model(module, peft_config)

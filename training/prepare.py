@@ -10,16 +10,16 @@ from typing import Any
 
 from training.batches import steps_per_epoch
 from training.config import HoneConfig
-from training.data import DataError, Row, read_dataset
+from training.data import PREFERENCE_MODES, DataError, Row, read_dataset
 from training.ds_config import global_batch
 from training.models import load_tokenizer, objective, resolve_source
-from training.tokens import Example, TokenStats, build_pretrain, build_supervised, pack
+from training.tokens import Example, TokenStats, build_preference, build_pretrain, build_supervised, pack
 
 
 @dataclass
 class Prepared:
     resolved_model: str
-    kind: str  # causal | masked
+    kind: str  # causal | masked | reward (a sequence classifier with one score)
     fmt: str
     train_rows: list[Row]
     eval_rows: list[Row]
@@ -48,8 +48,11 @@ class Prepared:
 def prepare(cfg: HoneConfig) -> Prepared:
     resolved = resolve_source(cfg.model.source)
     kind = objective(cfg.model, resolved)
-    if cfg.mode == "sft" and kind == "masked":
-        raise DataError("mode sft needs a causal (decoder) model, but model.source is an encoder: use mode: pretrain")
+    if cfg.mode != "pretrain" and kind == "masked":
+        raise DataError(f"mode {cfg.mode} needs a causal (decoder) model, but model.source is an encoder: use mode: pretrain")
+    if cfg.mode in PREFERENCE_MODES and cfg.data.packing:
+        raise DataError(f"data.packing=true does not apply to mode {cfg.mode}: pairs are scored whole; set data.packing=false")
+    kind = "reward" if cfg.mode == "reward" else kind
     tokenizer = load_tokenizer(cfg.model, resolved)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
@@ -75,6 +78,8 @@ def prepare(cfg: HoneConfig) -> Prepared:
 def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any) -> tuple[list[Example], TokenStats]:
     if cfg.mode == "pretrain":
         return build_pretrain(rows, tokenizer, cfg.data.max_seq_len, masked=kind == "masked")
+    if cfg.mode in PREFERENCE_MODES:
+        return build_preference(rows, tokenizer, cfg.data.max_seq_len, cfg.mode)
     return build_supervised(rows, fmt, tokenizer, cfg.data.max_seq_len)
 
 
@@ -86,3 +91,15 @@ def _require_examples(examples: list[Example], stats: TokenStats, cfg: HoneConfi
         f"{where}: every one of the {stats.num_rows} examples was dropped ({reasons}). Every example is longer "
         f"than data.max_seq_len={cfg.data.max_seq_len}: raise data.max_seq_len or shorten the prompts"
     )
+
+
+def attach_reference(prepared: Prepared, logps: dict[str, list[list[float]]]) -> None:
+    """Give every DPO pair its reference log-probs ("ref_logps": [chosen, rejected]), computed once per run."""
+    for split, examples in (("train", prepared.train_examples), ("eval", prepared.eval_examples)):
+        if len(logps[split]) != len(examples):
+            raise DataError(
+                f"the cached reference log-probs cover {len(logps[split])} {split} pairs but the data now gives "
+                f"{len(examples)}: the data changed since this run started; set overwrite=true to start it again"
+            )
+        for example, pair in zip(examples, logps[split], strict=True):
+            example["ref_logps"] = list(pair)
