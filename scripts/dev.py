@@ -31,7 +31,9 @@ def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
 def install() -> None:
     if not PY.exists():
         sh(sys.executable, "-m", "venv", VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # The editable install maps the packages that exist when it runs: a new package means reinstalling.
+    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + repr(packages).encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
