@@ -96,15 +96,15 @@ def _kill_rollout_actor_after(metrics: Path, step: int, killed: list[int]) -> No
         killed.append(actor.pid)
 
 
-def _write_reward_module(folder: Path, body: str) -> None:
-    (folder / "my_rewards.py").write_text(body)
+def _write_reward_module(folder: Path, body: str, module: str) -> None:
+    (folder / f"{module}.py").write_text(body)  # one module name per test: Python caches imports
 
 
 def test_reward_returning_nan_fails_naming_reward_and_sample(assets, prompts, tmp_path, local_ray):
     _write_reward_module(
         tmp_path, "def sometimes_nan(prompts, completions, **f):\n    return [float('nan')] + [1.0] * (len(completions) - 1)\n"
     )
-    spec = f"rl.rewards=[{{type: function, function: 'my_rewards:sometimes_nan', path: '{tmp_path}'}}]"
+    spec = f"rl.rewards=[{{type: function, function: 'nan_rewards:sometimes_nan', path: '{tmp_path}'}}]"
     cfg = load_config(None, rl_overrides(assets, prompts, tmp_path / "run", spec, "train.max_steps=2"))
     with pytest.raises(RewardError, match=r"reward 'sometimes_nan' returned nan for sample 0 \(prompt 'copy"):
         run(cfg)
@@ -114,3 +114,31 @@ def test_reward_returning_nan_fails_naming_reward_and_sample(assets, prompts, tm
     run(skip)
     steps = _steps(tmp_path / "skip")
     assert [r["skipped_samples"] for r in steps] == [1, 1]
+
+
+def test_function_and_reward_model_rewards_score_in_reward_actors(assets, prompts, tmp_path, local_ray):
+    from tests.rl.test_rl_inputs import _reward_model
+
+    model = _reward_model(tmp_path / "rm")
+    _write_reward_module(
+        tmp_path, "def short(prompts, completions, answer, **f):\n    return [-len(c) / 10 for c in completions]\n", "len_rewards"
+    )
+    spec = (
+        f"rl.rewards=[{{type: function, function: 'len_rewards:short', path: '{tmp_path}'}}, "
+        f"{{type: model, source: '{model}', weight: 0.5}}]"
+    )
+    run(load_config(None, rl_overrides(assets, prompts, tmp_path / "run", spec, "train.max_steps=2", "rl.reward.num_workers=2")))
+    steps = _steps(tmp_path / "run")
+    assert len(steps) == 2 and {"reward/short", "reward/model"} <= steps[0].keys()
+    assert steps[0]["reward/model"] != 0.0
+
+
+def test_roles_that_do_not_fit_fail_at_once_and_write_nothing(assets, prompts, tmp_path, local_ray):
+    from rl.group import RolePlacementError
+
+    cfg = load_config(None, rl_overrides(assets, prompts, tmp_path / "run", "rl.rollout.cpus=8"))
+    started = time.monotonic()
+    with pytest.raises(RolePlacementError, match=r"the RL roles together need CPU 9 but the cluster has CPU 4"):
+        run(cfg)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run").exists()
