@@ -68,7 +68,7 @@ def test_killed_rollout_actor_is_restarted_and_no_step_is_lost(assets, prompts, 
     out = tmp_path / "run"
     cfg = load_config(None, rl_overrides(assets, prompts, out, "train.max_steps=30"))
     killed: list[int] = []
-    watcher = threading.Thread(target=_kill_rollout_actor_after, args=(out / "metrics.jsonl", 5, killed), daemon=True)
+    watcher = threading.Thread(target=_kill_actor_after, args=(out / "metrics.jsonl", 5, killed), daemon=True)
     watcher.start()
     summary = run(cfg)
     watcher.join(timeout=5)
@@ -79,7 +79,22 @@ def test_killed_rollout_actor_is_restarted_and_no_step_is_lost(assets, prompts, 
     assert summary["placement"]["rollout"][0]["pid"] not in killed
 
 
-def _kill_rollout_actor_after(metrics: Path, step: int, killed: list[int]) -> None:
+def test_killed_policy_worker_restarts_the_group_from_the_last_checkpoint(assets, prompts, tmp_path, local_ray):
+    out = tmp_path / "run"
+    cfg = load_config(None, rl_overrides(assets, prompts, out, "train.max_steps=30", "checkpoint.every_steps=5"))
+    killed: list[int] = []
+    args = (out / "metrics.jsonl", 12, killed, "PolicyWorker")
+    watcher = threading.Thread(target=_kill_actor_after, args=args, daemon=True)
+    watcher.start()
+    summary = run(cfg)
+    watcher.join(timeout=5)
+
+    assert killed and summary["restarts"]["policy"] == 1
+    assert [r["step"] for r in _steps(out)] == list(range(1, 31))  # steps after the checkpoint were redone, once
+    assert summary["eval"]["after"]["mean_reward"] > summary["eval"]["before"]["mean_reward"]
+
+
+def _kill_actor_after(metrics: Path, step: int, killed: list[int], role: str = "RolloutWorker") -> None:
     import ray
     from ray.util.state import list_actors
 
@@ -90,7 +105,7 @@ def _kill_rollout_actor_after(metrics: Path, step: int, killed: list[int]) -> No
         time.sleep(0.05)
     # Name this cluster explicitly: another Ray instance on the machine would make the lookup ambiguous.
     address = ray.get_runtime_context().gcs_address
-    actors = list_actors(address=address, filters=[("class_name", "=", "RolloutWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(address=address, filters=[("class_name", "=", role), ("state", "=", "ALIVE")])
     for actor in actors:
         os.kill(actor.pid, signal.SIGKILL)
         killed.append(actor.pid)
