@@ -36,12 +36,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def validate(cfg) -> int:  # type: ignore[no-untyped-def]
+    if cfg.mode == "rl":
+        return validate_rl(cfg)
     from training.prepare import prepare
 
     prepared = prepare(cfg)
     print("# resolved config")
     print(to_yaml(cfg))
     print(format_stats(prepared.summary(), cfg))
+    return 0
+
+
+def validate_rl(cfg) -> int:  # type: ignore[no-untyped-def]
+    """Prompts, rewards (imported and checked) and the step arithmetic, with no actor started."""
+    from rl.prepare import prepare_rl
+    from rl.rewards import reward_name
+
+    prepared = prepare_rl(cfg)
+    rl = cfg.rl
+    print("# resolved config")
+    print(to_yaml(cfg))
+    print("# rl")
+    print(f"model:            {prepared.resolved_model}")
+    print(
+        f"prompts:          {len(prepared.train_prompts)} train, {len(prepared.eval_prompts)} held out; too long, dropped: {prepared.dropped}"
+    )
+    print(f"rewards:          {', '.join(f'{reward_name(s)} x {s.weight:g}' for s in rl.rewards)}")
+    print(
+        f"each step:        {rl.prompts_per_step} prompts x {rl.group_size} samples = {rl.prompts_per_step * rl.group_size} samples"
+    )
+    print(f"total steps:      {prepared.total_steps}")
     return 0
 
 

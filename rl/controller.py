@@ -101,10 +101,13 @@ class Controller:
     def run(self, eval_before: dict[str, float] | None) -> dict[str, Any]:
         self._start_workers()
         self._start_policy()
+        if eval_before is None:
+            print(f"hone: evaluating the base policy on {len(self.prepared.eval_prompts)} held-out prompts ...", flush=True)
         before = eval_before or self.evaluate()
         if eval_before is None:
             self.log({"event": "eval_before", **before})
         self._train_with_recovery()
+        print("hone: evaluating the trained policy ...", flush=True)
         after = self.evaluate()
         self.roles.policy.call_all("export", str(self.run_dir))
         placement = {name: group.call_all("where") for name, group in self.roles.all().items()}

@@ -105,3 +105,14 @@ def test_reward_model_scores_prompt_and_completion(assets, prompts, tmp_path):
     assert prepared.train_prompts
     scores = RewardModel(str(model), batch_size=2)(["copy a ->", "copy b ->", "copy c ->"], [" a", " b b b", " c"])
     assert len(scores) == 3 and len(set(scores)) > 1  # real, input-dependent scores
+
+
+def test_validate_rl_prints_prompts_rewards_and_steps(assets, prompts, tmp_path, capsys):
+    from cluster.cli import main
+
+    config = tmp_path / "rl.yaml"
+    config.write_text("{}\n")
+    assert main(["validate", str(config), *rl_overrides(assets, prompts, tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "108 train, 12 held out" in out and "letter_first x 1, exact_match x 1" in out and "total steps:      12" in out
+    assert not (tmp_path / "run").exists()

@@ -32,4 +32,4 @@ def test_killed_rl_run_continues_at_the_next_step(assets, prompts, tmp_path, con
     resumed = [int(line.split("resumed from step ")[1].split()[0]) for line in output.splitlines() if "resumed from step" in line]
     assert resumed and 10 <= resumed[0] <= killed_at and resumed[0] % 5 == 0, (resumed, killed_at)
     assert metric_steps(out) == list(range(1, STEPS + 1))  # continues at resumed + 1; no step twice
-    assert "evaluating" not in output and "base policy mean reward" not in output  # eval before was kept
+    assert "evaluating the base policy" not in output  # the base evaluation was kept from the first run
