@@ -86,3 +86,19 @@ def test_dpo_run_raises_heldout_reward_accuracy(assets, pairs, tmp_path):
     assert lines[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-3)  # step 1 trains from policy == reference
     assert "eval_loss" in lines[9]
     AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_lora_dpo_under_zero3_on_two_workers(assets, pairs, tmp_path):
+    out = tmp_path / "dpo-lora-z3"
+    # Adapters learn the copy task slowly; the off-topic pairs and a larger beta keep this test short.
+    extra = ("lora.enabled=true", "lora.rank=8", "optim.lr=1e-2", "deepspeed.zero_stage=3", "scaling.num_workers=2")
+    tuned = (f"data.train=[{pairs['reward']}]", "dpo.beta=0.5", "train.micro_batch_per_device=4", "train.max_steps=20")
+    summary = run(load_config(None, preference_overrides(assets, pairs, out, "dpo", *extra, *tuned)))
+
+    before, after = summary["eval"]["before"], summary["eval"]["after"]
+    print(f"dpo lora zero3: before {before} after {after}")
+    assert before["reward_accuracy"] == 0.0 and before["loss"] == pytest.approx(math.log(2.0), abs=1e-6)
+    assert after["reward_accuracy"] >= 0.7 and after["loss"] < before["loss"] - 0.1, (before, after)
+    assert {w["rank"] for w in summary["workers"]} == {0, 1}
+    assert all(w["zero_stage"] == 3 for w in summary["workers"])
+    assert (out / "model" / "adapter" / "adapter_config.json").exists()
