@@ -57,16 +57,17 @@ def exact_match(completions: list[str], references: list[Any]) -> list[float]:
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def first_number(text: str) -> float | None:
-    found = _NUMBER.search(str(text))
-    return float(found.group().replace(",", "")) if found else None
+def last_number(text: str) -> float | None:
+    found = _NUMBER.findall(str(text))
+    return float(found[-1].replace(",", "")) if found else None
 
 
 def numeric_match(completions: list[str], references: list[Any], tolerance: float = 1e-6) -> list[float]:
-    """1 when the first number in the completion equals the reference number (commas ignored)."""
+    """1 when the last number in the completion equals the reference number (commas ignored). The last,
+    because models often restate the question ("17 + 25 = 42") before the answer."""
     out = []
     for completion, reference in zip(completions, references, strict=True):
-        got, want = first_number(completion), first_number(str(reference))
+        got, want = last_number(completion), last_number(str(reference))
         out.append(float(got is not None and want is not None and abs(got - want) <= tolerance * max(1.0, abs(want))))
     return out
 
