@@ -73,7 +73,7 @@ def format_stats(stats: dict, cfg) -> str:  # type: ignore[no-untyped-def]
     t, s = cfg.train, cfg.scaling
     lines = [
         "# data",
-        f"model:            {stats['model']} ({stats['objective']} LM)",
+        f"model:            {stats['model']} ({stats['objective']}{'' if stats['objective'] == 'reward' else ' LM'})",
         f"format:           {stats['format']}",
     ]
     for split in ("train", "eval"):

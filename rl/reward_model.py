@@ -53,7 +53,10 @@ class RewardModel:
 
     def __call__(self, prompts: list[str], completions: list[str], **fields: Any) -> list[float]:
         scores: list[float] = []
-        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        # Reward models learn on prompt + reply + EOS (TRL's convention, and hone's mode: reward) and read
+        # the score at the last token, so the completion is scored the same way.
+        eos = self.tokenizer.eos_token or ""
+        texts = [p + c + ("" if c.endswith(eos) else eos) for p, c in zip(prompts, completions, strict=True)]
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
             with torch.no_grad():

@@ -117,7 +117,9 @@ def _write_reward_module(folder: Path, body: str, module: str) -> None:
 
 def test_reward_returning_nan_fails_naming_reward_and_sample(assets, prompts, tmp_path, local_ray):
     _write_reward_module(
-        tmp_path, "def sometimes_nan(prompts, completions, **f):\n    return [float('nan')] + [1.0] * (len(completions) - 1)\n"
+        tmp_path,
+        "def sometimes_nan(prompts, completions, **f):\n    return [float('nan')] + [1.0] * (len(completions) - 1)\n",
+        "nan_rewards",
     )
     spec = f"rl.rewards=[{{type: function, function: 'nan_rewards:sometimes_nan', path: '{tmp_path}'}}]"
     cfg = load_config(None, rl_overrides(assets, prompts, tmp_path / "run", spec, "train.max_steps=2"))
