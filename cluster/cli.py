@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from cluster.connect import PlacementError
+from cluster.pipeline import is_pipeline
 from cluster.rundir import RunDirError
 from rl.group import RolePlacementError
 from rl.rewards import RewardError
@@ -17,12 +18,22 @@ from training.config import ConfigError, load_config, to_yaml
 from training.data import DataError
 from training.models import ModelSourceError
 
-USER_ERRORS = (ConfigError, DataError, ModelSourceError, RunDirError, PlacementError, RolePlacementError, RewardError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    ModelSourceError,
+    RunDirError,
+    PlacementError,
+    RolePlacementError,
+    RewardError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("run", "validate") and is_pipeline(args.config):
+            return _pipeline(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             return validate(cfg)
@@ -33,6 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"hone: error: {err}", file=sys.stderr)
         return 1
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from cluster.pipeline import check_stages, load_pipeline, run_pipeline
+
+    if args.command == "run":
+        run_pipeline(args.config, args.overrides, address=args.address)
+        return 0
+    out, stages = load_pipeline(args.config, args.overrides)
+    check_stages(stages)
+    print(f"# pipeline -> {out}")
+    for index, stage in enumerate(stages):
+        c = stage.config
+        print(f"stage {index + 1}: {stage.name:<12} mode {c.mode:<8} model {c.model.source:<40} -> {c.output_dir}")
+    return 0
 
 
 def validate(cfg) -> int:  # type: ignore[no-untyped-def]

@@ -232,18 +232,7 @@ class HoneConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> HoneConfig:  # type: ignore[assignment]
     """Read a YAML file of overrides, apply `key=value` overrides on top, and validate everything."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found: pass the path of a YAML config")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
-        raw = _resolve_relative_paths(raw, path.parent)
+    raw = read_raw(path) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
     cfg = build(HoneConfig, raw, prefix="")
@@ -251,7 +240,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> HoneConfi
     return cfg
 
 
-def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping, with its relative paths made relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass the path of a YAML config")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+    return resolve_paths(raw, path.parent)
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Paths in a config file (data, model, output_dir) are relative to that file, so configs travel with
     their data. Paths given as command-line overrides are relative to the working directory."""
     data = raw.get("data")
