@@ -2,6 +2,7 @@
 
 hone run CONFIG.yaml [key=value ...] [--address ADDR]   train; with no address, on an embedded local Ray cluster
 hone validate CONFIG.yaml [key=value ...]              check config, model and data; print statistics
+hone report DIR                                        a run/sweep/pipeline dir: print its before/after table, write PNG plots
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 from cluster.connect import PlacementError
 from cluster.pipeline import is_pipeline
+from cluster.report import ReportError
 from cluster.rundir import RunDirError
 from rl.group import RolePlacementError
 from rl.rewards import RewardError
@@ -26,12 +28,18 @@ USER_ERRORS = (
     PlacementError,
     RolePlacementError,
     RewardError,
+    ReportError,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "report":
+            from cluster.report import report
+
+            report(args.dir)
+            return 0
         if args.command in ("run", "validate") and is_pipeline(args.config):
             return _pipeline(args)
         cfg = load_config(args.config, args.overrides)
@@ -131,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=1e-5")
         if name == "run":
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
+    cmd.add_argument("dir", help="a run, sweep or pipeline output dir")
     return parser
 
 
