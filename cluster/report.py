@@ -128,7 +128,7 @@ def report_sweep(sweep_dir: Path) -> list[Path]:
     trials = sweep["trials"]
     print(f"# sweep {sweep_dir}: {len(trials)} trials, {sweep['mode']} {sweep['metric']}")
     print(format_trials(sweep))
-    curves = {t["trial_id"]: _series(read_metrics(_trial_dir(sweep_dir, t)), sweep["metric"]) for t in trials}
+    curves = {t["trial_id"]: _curve(sweep_dir, t, sweep["metric"]) for t in trials}
     written = [_save(plot_sweep(sweep, curves), sweep_dir / "sweep.png")]
     if any(_final(t) is not None for t in trials):
         written.append(_save(plot_ranked(sweep), sweep_dir / "sweep_ranked.png"))
@@ -136,8 +136,10 @@ def report_sweep(sweep_dir: Path) -> list[Path]:
     return written
 
 
-def _trial_dir(sweep_dir: Path, trial: dict[str, Any]) -> Path:
-    return sweep_dir / trial["run_dir"]  # an absolute run_dir replaces sweep_dir
+def _curve(sweep_dir: Path, trial: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
+    if not trial.get("run_dir"):  # a trial that failed before it got a run dir
+        return [], []
+    return _series(read_metrics(sweep_dir / trial["run_dir"]), metric)  # an absolute run_dir replaces sweep_dir
 
 
 def _final(trial: dict[str, Any]) -> float | None:

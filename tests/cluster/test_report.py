@@ -100,7 +100,7 @@ def test_rl_run_plots_reward_curves(tmp_path, capsys):
 
 
 def write_sweep(root: Path) -> Path:
-    """Three trials on eval_loss; ASHA stopped t1 and t2 early (after 5 and 10 of 20 steps)."""
+    """Three trials on eval_loss; ASHA stopped t1 and t2 early (after 5 and 10 of 20 steps); t3 failed with no run dir."""
     sweep_dir = root / "sweep"
     trials = []
     for rank, (trial_id, scale, steps, stopped) in enumerate(
@@ -120,6 +120,7 @@ def write_sweep(root: Path) -> Path:
                 "status": "TERMINATED",
             }
         )
+    trials.append({"trial_id": "t3", "rank": 4, "run_dir": None, "metric": math.nan, "stopped_early": False, "status": "ERROR"})
     sweep_dir.mkdir()
     best = {"trial_id": "t0", "run_dir": trials[0]["run_dir"], "config_path": str(sweep_dir / "best.yaml")}
     (sweep_dir / "sweep.json").write_text(json.dumps({"metric": "eval_loss", "mode": "min", "trials": trials, "best": best}))
@@ -130,10 +131,11 @@ def test_sweep_plots_one_curve_per_trial_and_a_ranked_bar(tmp_path, capsys):
     sweep_dir = write_sweep(tmp_path)
     assert main(["report", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
-    assert "3 trials, min eval_loss" in out
+    assert "4 trials, min eval_loss" in out
     lines = out.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("rank"))
-    assert [line.split()[1] for line in lines[first + 1 : first + 4]] == ["t0", "t2", "t1"]
+    assert [line.split()[1] for line in lines[first + 1 : first + 5]] == ["t0", "t2", "t1", "t3"]
+    assert lines[first + 4].split()[2:4] == ["-", "-"] and "ERROR" in lines[first + 4]
     assert out.count("(stopped early)") == 2
     assert "best: t0" in out and "best.yaml" in out
     for name in ("sweep.png", "sweep_ranked.png"):
