@@ -2,6 +2,7 @@
 
 hone run CONFIG.yaml [key=value ...] [--address ADDR]   train; with no address, on an embedded local Ray cluster
 hone validate CONFIG.yaml [key=value ...]              check config, model and data; print statistics
+hone tune CONFIG.yaml [key=value ...] [--address ADDR]  a Ray Tune sweep over the config's tune.space
 hone report DIR                                        a run/sweep/pipeline dir: print its before/after table, write PNG plots
 """
 
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             return validate(cfg)
+        if args.command == "tune":
+            from cluster.tune import tune_run
+
+            tune_run(cfg, address=args.address)
+            return 0
         from cluster.run import run
 
         run(cfg, address=args.address)
@@ -133,11 +139,12 @@ def format_stats(stats: dict, cfg) -> str:  # type: ignore[no-untyped-def]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hone", description="Fine-tune a language model on your own data.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "train the mode the config names"), ("validate", "check config, model and data")):
+    commands = (("run", "train the mode the config names"), ("validate", "check config, model and data"))
+    for name, text in (*commands, ("tune", "sweep the config's tune.space with Ray Tune")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("config", help="YAML file of config overrides")
         cmd.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=1e-5")
-        if name == "run":
+        if name in ("run", "tune"):
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
     cmd.add_argument("dir", help="a run, sweep or pipeline output dir")

@@ -18,6 +18,7 @@ from cluster.connect import ray_session
 from cluster.progress import MetricsFile
 from cluster.rundir import claim, inspect
 from cluster.tracking import Tracker
+from cluster.tune import report_rl_step
 from rl.controller import Controller, reserve_roles
 from rl.prepare import prepare_rl
 from training.config import HoneConfig
@@ -89,6 +90,7 @@ class _Progress:
         record["time"] = time.time()
         self.metrics.add(record)
         self.tracker.log(record)
+        report_rl_step(record)
         self.bar.n = record["step"]
         self.bar.set_postfix(
             reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"

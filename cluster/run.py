@@ -64,7 +64,11 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, 
     from training.evaluate import evaluate_model
 
     bundle = worker_bundle(cfg.scaling)
-    task = ray.remote(evaluate_model).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+    # DEFAULT scheduling: inside a `hone tune` trial a task would otherwise land in the trial's own
+    # (tiny) placement group and never fit.
+    task = ray.remote(evaluate_model).options(
+        num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy="DEFAULT"
+    )
     ref = task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt)
     return ray.get(ref)
 
@@ -83,7 +87,9 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
     else:
         print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
         bundle = worker_bundle(cfg.scaling)
-        task = ray.remote(reference_logps).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+        task = ray.remote(reference_logps).options(
+            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy="DEFAULT"
+        )
         splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
         logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
         path.write_text(json.dumps(logps))
@@ -106,6 +112,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from cluster.tune import train_callbacks
     from training.loop import train_worker
 
     log = RunLog.remote()  # type: ignore[attr-defined]
@@ -133,6 +140,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
             name="checkpoints",
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=s.max_failures),
+            callbacks=train_callbacks(),  # inside a `hone tune` trial: live metrics for the scheduler
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )

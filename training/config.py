@@ -206,6 +206,32 @@ class RlConfig:
 
 
 @dataclass
+class SearchDim:
+    """One dimension of a tuning search space."""
+
+    type: Literal["loguniform", "uniform", "choice", "randint", "grid"] = "choice"
+    low: float = 0.0
+    high: float = 1.0
+    # choice / grid: the candidate values (grid tries every one, in order, num_samples times).
+    values: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class TuneConfig:
+    # Dotted config key -> dimension, e.g. {optim.lr: {type: loguniform, low: 1e-5, high: 1e-3}}.
+    space: dict[str, SearchDim] = field(default_factory=dict)
+    num_samples: int = 4
+    # An eval metric of the mode: loss (pretrain/sft/dpo/reward), exact_match (sft), mean_reward (rl), ...
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    # asha stops weak trials early, comparing the metric as trials report it; none runs every trial out.
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 1
+
+
+@dataclass
 class HoneConfig:
     mode: Literal["pretrain", "sft", "dpo", "reward", "rl"] = "sft"
     output_dir: str = "runs/latest"
@@ -223,6 +249,7 @@ class HoneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     rl: RlConfig = field(default_factory=RlConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -367,6 +394,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
         return float(value)
+    if hint is Any:
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
