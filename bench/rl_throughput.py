@@ -375,7 +375,8 @@ def format_report(results: dict[str, dict[str, Any]], steps: int) -> str:
         f"\nGRPO throughput, {steps} steps per run ({steps - WARMUP_STEPS} timed), {PROMPTS_PER_STEP} prompts x "
         f"group {GROUP_SIZE} = {SAMPLES_PER_STEP} samples/step, {MAX_NEW_TOKENS} new tokens, micro batch {MICRO_BATCH} "
         f"x accumulation {GRAD_ACCUM}, fp32",
-        f"threads: hone policy {HONE_THREADS['policy']} + rollout {HONE_THREADS['rollout']} (reward actor 0 CPUs), "
+        f"CPUs: hone policy {HONE_THREADS['policy']} + rollout {HONE_THREADS['rollout']} reserved (reward actor 0); sync: the roles "
+        f"take turns, so each uses all {THREADS} cores' threads; async: 1 thread each; "
         f"TRL {results['trl']['threads']['torch']} (one process; 'TRL, 1 thread': 1); {THREADS} cores",
         f"{'run':<18}{'samples/s':>11}{'s/step':>9}{'loop s/step':>13}{'median s/step':>15}{'best s/step':>13}{'resp len':>10}{'wall s':>9}",
     ]

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "validate") and is_pipeline(args.config):
             return _pipeline(args)
         cfg = load_config(args.config, args.overrides)
+        if args.command == "tune" or (args.command == "validate" and cfg.tune.space):
+            from cluster.tune import check_tune
+
+            check_tune(cfg)
         if args.command == "validate":
             return validate(cfg)
         if args.command == "tune":

@@ -68,6 +68,9 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Path, li
         merged.setdefault("output_dir", str(out / f"{index + 1}-{name}"))
         if raw.get("overwrite"):
             merged["overwrite"] = True
+        wandb = merged.get("tracking", {}).get("wandb", {})
+        if wandb.get("project") and not wandb.get("group"):
+            wandb["group"] = out.name  # a pipeline is one W&B group, a run per stage
         try:
             config = from_dict(merged)
         except ConfigError as err:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rl.algorithms import kl_per_token, policy_loss
 from rl.batch import RolloutBatch
-from rl.workers import Located
+from rl.workers import Located, cpu_threads
 from training.config import from_dict
 
 CHECKPOINT_TAG = "policy"
@@ -38,7 +38,8 @@ class PolicyWorker(Located):
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         import torch
 
-        torch.set_num_threads(max(1, int(self.cfg.scaling.cpus_per_worker)))
+        take_turns = not self.cfg.rl.async_rollout and not self.cfg.scaling.use_gpu
+        torch.set_num_threads(cpu_threads(self.cfg.scaling.cpus_per_worker, world, take_turns))
         self.resolved, self.rank, self.world, self.total_steps = resolved, rank, world, total_steps
         self.engine: Any = None
 

@@ -29,9 +29,19 @@ class Located:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-def _threads(cpus: float) -> None:
-    # Ray sets OMP threads to the actor's CPUs; torch must agree or it oversubscribes a small machine.
-    torch.set_num_threads(max(1, int(cpus)))
+def cpu_threads(cpus: float, num_workers: int, take_turns: bool) -> int:
+    """Torch threads for an actor. By default its reserved CPUs (Ray sets OMP threads to match). In sync
+    RL on CPU the roles take turns (generate, then score, then update), so while one works the others'
+    cores sit idle: each role's actors may then share the whole machine."""
+    reserved = max(1, int(cpus))
+    if not take_turns:
+        return reserved
+    return max(reserved, (os.cpu_count() or 1) // max(1, num_workers))
+
+
+def _threads(cfg: HoneConfig, cpus: float, num_workers: int) -> None:
+    take_turns = not cfg.rl.async_rollout and not torch.cuda.is_available()
+    torch.set_num_threads(cpu_threads(cpus, num_workers, take_turns))
 
 
 def _load(cfg: HoneConfig, resolved: str, with_lora: bool) -> tuple[Any, Any]:
@@ -50,7 +60,7 @@ def _load(cfg: HoneConfig, resolved: str, with_lora: bool) -> tuple[Any, Any]:
 class RolloutWorker(Located):
     def __init__(self, config: dict[str, Any], resolved: str, add_special_tokens: bool) -> None:
         self.cfg = from_dict(config)
-        _threads(self.cfg.rl.rollout.cpus)
+        _threads(self.cfg, self.cfg.rl.rollout.cpus, self.cfg.rl.rollout.num_workers)
         self.model, self.tokenizer = _load(self.cfg, resolved, self.cfg.lora.enabled)
         self.device = next(self.model.parameters()).device
         self.special = add_special_tokens
@@ -121,7 +131,7 @@ class ReferenceWorker(Located):
 
     def __init__(self, config: dict[str, Any], resolved: str) -> None:
         self.cfg = from_dict(config)
-        _threads(self.cfg.rl.reference.cpus)
+        _threads(self.cfg, self.cfg.rl.reference.cpus, self.cfg.rl.reference.num_workers)
         self.model, _ = _load(self.cfg, resolved, with_lora=False)
         self.device = next(self.model.parameters()).device
 
@@ -135,7 +145,7 @@ class RewardWorker(Located):
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.cfg = from_dict(config)
-        _threads(self.cfg.rl.reward.cpus)
+        _threads(self.cfg, self.cfg.rl.reward.cpus, self.cfg.rl.reward.num_workers)
         self.scorers: dict[str, Any] = {}
         for i, spec in enumerate(self.cfg.rl.rewards):
             name = reward_name(spec)

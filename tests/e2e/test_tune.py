@@ -4,12 +4,19 @@ cannot learn are stopped early, sweep.json ranks the trials, and best.yaml runs 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from cluster.cli import main
 from cluster.tune import check_tune, tune_run
 from tests.conftest import sft_overrides
+from tests.wandb_files import read_run
 from training.config import ConfigError, load_config
 
 GRID = "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-3, 1e-9, 1e-10]}}"
@@ -22,8 +29,9 @@ def _sweep_overrides(assets, out, *extra):
     )  # fmt: skip
 
 
-def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local_ray):
-    report = tune_run(load_config(None, _sweep_overrides(assets, tmp_path / "sweep")))
+def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local_ray, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # W&B offline: files under each trial's run dir
+    report = tune_run(load_config(None, _sweep_overrides(assets, tmp_path / "sweep", "tracking.wandb.project=hone-tests")))
 
     trials = report["trials"]
     assert len(trials) == 4
@@ -37,6 +45,15 @@ def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert saved["trials"][0]["trial_id"] == best["trial_id"]
     assert (tmp_path / "sweep" / "best_model.txt").read_text().strip().endswith("model")
+
+    # One W&B run per trial, all in one group named after the sweep.
+    for t in trials:
+        [offline] = list((Path(t["run_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
+        logged = read_run(offline)
+        assert logged["config"]["_group"] == "sweep" and logged["config"]["optim"]["lr"] == pytest.approx(
+            float(t["overrides"]["optim.lr"])
+        )
+        assert any("train/loss" in h for h in logged["history"])
 
     # best.yaml is a complete config: `hone run best.yaml` trains it again in its own dir.
     assert main(["run", str(tmp_path / "sweep" / "best.yaml")]) == 0
@@ -53,3 +70,30 @@ def test_bad_sweeps_fail_before_any_trial(assets, tmp_path):
             check_tune(load_config(None, _sweep_overrides(assets, tmp_path / "s", override)))
     with pytest.raises(ConfigError, match="set eval.every_steps"):
         check_tune(load_config(None, _sweep_overrides(assets, tmp_path / "s", "eval.every_steps=0")))
+
+
+def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = sft_overrides(
+        assets, sweep, "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-3]}}", "tune.num_samples=1",
+        "tune.scheduler=none", "train.max_steps=6", "eval.max_samples=4",
+    )  # fmt: skip
+    (tmp_path / "none.yaml").write_text("{}\n")
+    command = [sys.executable, "-m", "cluster.cli", "tune", "none.yaml", *args]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while not list(sweep.glob("trials/*/summary.json")):
+        assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be interrupted"
+        time.sleep(0.1)
+    time.sleep(3)  # let Tune record the finished trial
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    [done] = list(sweep.glob("trials/*/summary.json"))
+    finished_at = done.stat().st_mtime
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert done.stat().st_mtime == finished_at  # the finished trial was not trained again
+    report = json.loads((sweep / "sweep.json").read_text())
+    assert sorted(t["steps"] for t in report["trials"]) == [6, 6]
