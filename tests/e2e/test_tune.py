@@ -49,11 +49,12 @@ def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local
     # One W&B run per trial, all in one group named after the sweep.
     for t in trials:
         [offline] = list((Path(t["run_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
-        logged = read_run(offline)
+        logged = read_run(offline, timeout_s=2 if t["stopped_early"] else 60)  # a killed run never writes its exit record
         assert logged["config"]["_group"] == "sweep" and logged["config"]["optim"]["lr"] == pytest.approx(
             float(t["overrides"]["optim.lr"])
         )
-        assert any("train/loss" in h for h in logged["history"])
+        if not t["stopped_early"]:  # a stopped trial is killed mid-run, before W&B flushes its history
+            assert any("train/loss" in h for h in logged["history"])
 
     # best.yaml is a complete config: `hone run best.yaml` trains it again in its own dir.
     assert main(["run", str(tmp_path / "sweep" / "best.yaml")]) == 0
