@@ -25,15 +25,12 @@ from training.config import HoneConfig
 
 
 def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
-    from cluster.run import format_table
+    from cluster.run import finished_run, format_table
 
     prepared = prepare_rl(cfg)
     run_dir, state = inspect(cfg)
     if state == "finished":
-        summary = json.loads((run_dir / "summary.json").read_text())
-        print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
-        print(format_table(summary))
-        return summary
+        return finished_run(run_dir)
     started = time.time()
     with ray_session(address):
         roles = reserve_roles(cfg)  # an impossible placement fails here, before the run dir is touched

@@ -31,10 +31,7 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     prepared = prepare(cfg)
     run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
     if state == "finished":
-        summary = json.loads((run_dir / "summary.json").read_text())
-        print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
-        print(format_table(summary))
-        return summary
+        return finished_run(run_dir)
     started = time.time()
     with ray_session(address):
         check_placement(cfg.scaling)
@@ -53,6 +50,14 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     tracker.finish(summary)
+    print(format_table(summary))
+    return summary
+
+
+def finished_run(run_dir: Path) -> dict[str, Any]:
+    """A rerun of a finished run trains nothing: it shows the result again."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
     print(format_table(summary))
     return summary
 

@@ -14,18 +14,16 @@ ones continue (each trial's run dir resumes from its own checkpoints).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import json
 import math
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cluster.connect import ray_session
-from training.config import ConfigError, HoneConfig, apply_override, from_dict, to_dict
+from training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
 
 # The eval metrics each mode reports (summary.json eval.after); those marked live are also reported
 # while training, which is what lets ASHA compare trials before they finish.
@@ -78,18 +76,6 @@ def _reward_names(cfg: HoneConfig) -> list[str]:
     from rl.rewards import reward_name
 
     return [reward_name(s) for s in cfg.rl.rewards]
-
-
-def config_fields(cls: type, prefix: str = "") -> list[str]:
-    hints = typing.get_type_hints(cls)
-    out: list[str] = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            out += config_fields(hint, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
-    return out
 
 
 def search_space(cfg: HoneConfig) -> dict[str, Any]:

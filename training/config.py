@@ -529,6 +529,19 @@ def _non_negative(cfg: HoneConfig, *keys: str) -> None:
         _require(value >= 0, key, value, "it must be 0 or more")
 
 
+def config_fields(cls: type = HoneConfig, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. optim.lr (lists and mappings count as one field)."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out += config_fields(hint, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
 def to_dict(cfg: HoneConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -3,6 +3,7 @@
 Run from anywhere: python3 examples/handbook/check_data.py
 Exits 1 and lists every problem when a check fails.
 """
+
 import json
 import re
 import sys

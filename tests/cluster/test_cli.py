@@ -1,13 +1,11 @@
 """`hone validate` prints the data statistics; user errors exit 1 with the message, not a traceback."""
 
-import dataclasses
 import json
-import typing
 from pathlib import Path
 
 from cluster.cli import main
 from tests.conftest import sft_overrides
-from training.config import HoneConfig
+from training.config import HoneConfig, config_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,19 +39,7 @@ def test_user_errors_exit_1_with_the_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def _fields(cls: type, prefix: str = "") -> list[str]:
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            out += _fields(hint, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
-    return out
-
-
 def test_readme_documents_every_config_field():
     readme = (ROOT / "README.md").read_text()
-    missing = [key for key in _fields(HoneConfig) if f"| `{key}` |" not in readme]
+    missing = [key for key in config_fields(HoneConfig) if f"| `{key}` |" not in readme]
     assert not missing, f"README config reference lacks {missing}"
