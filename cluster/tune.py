@@ -29,7 +29,7 @@ from training.config import ConfigError, HoneConfig, apply_override, config_fiel
 # while training, which is what lets ASHA compare trials before they finish.
 METRICS = {
     "pretrain": {"loss": True, "perplexity": False},
-    "sft": {"loss": True, "exact_match": False},
+    "sft": {"loss": True, "exact_match": False, "contains": False},
     "dpo": {"loss": True, "reward_accuracy": False, "reward_margin": False},
     "reward": {"loss": True, "accuracy": False, "margin": False},
     "rl": {"mean_reward": True, "response_length": False},

@@ -1,7 +1,8 @@
 """The before/after evaluation: the same function scores the base model and the exported one.
 
 pretrain: held-out `loss` and `perplexity` (for masked LMs, over a fixed, seeded masking).
-sft:      held-out `loss` on completion tokens, and `exact_match` of greedy generations.
+sft:      held-out `loss` on completion tokens, `exact_match` and `contains` of greedy generations (also per
+          `group` when the eval rows have one).
 dpo:      held-out DPO `loss`, `reward_accuracy` (pairs whose implicit reward margin is > 0) and the mean
           `reward_margin`. Before training the policy is the reference: margin 0, accuracy 0, loss log 2.
 reward:   held-out Bradley-Terry `loss`, pairwise `accuracy` (chosen scored above rejected), mean `margin`.
@@ -28,7 +29,7 @@ def evaluate_model(
     loss = heldout_loss(model, tokenizer, examples, cfg, kind)
     if cfg.mode == "pretrain":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    return {"loss": loss, "exact_match": exact_match(model, tokenizer, rows, fmt, cfg)}
+    return {"loss": loss, **generation_metrics(model, tokenizer, rows, fmt, cfg)}
 
 
 def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
@@ -80,24 +81,47 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).strip()
 
 
-def exact_match(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> float:
-    """Share of held-out prompts whose greedy completion equals the reference (whitespace-normalized)."""
+def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> dict[str, float]:
+    """Greedy completions of the held-out prompts against their references.
+
+    exact_match: the completion equals the reference (whitespace-normalized).
+    contains:    the completion contains the row's `key_fact` (or else the reference), ignoring case: a
+                 right answer inside a sentence still counts.
+    Rows with a `group` field are also scored per group (`exact_match/<group>`, `contains/<group>`).
+    """
+    rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
+    completions = greedy_completions(model, tokenizer, rows, fmt, cfg)
+    exact, contains = [], []
+    for completion, row in zip(completions, rows, strict=True):
+        reference = reference_completion(row, fmt, tokenizer)
+        key = str(row.get("key_fact") or reference)
+        exact.append(float(normalize(completion) == normalize(reference)))
+        contains.append(float(normalize(key).lower() in normalize(completion).lower()))
+    out = {"exact_match": _mean(exact), "contains": _mean(contains)}
+    for group in sorted({str(r["group"]) for r in rows if r.get("group") is not None}):
+        members = [i for i, r in enumerate(rows) if str(r.get("group")) == group]
+        out[f"exact_match/{group}"] = _mean([exact[i] for i in members])
+        out[f"contains/{group}"] = _mean([contains[i] for i in members])
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
+def greedy_completions(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> list[str]:
     import torch
 
-    rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
-    hits = 0
+    special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
+    completions: list[str] = []
     for start in range(0, len(rows), cfg.eval.batch_size):
         chunk = rows[start : start + cfg.eval.batch_size]
         prompts = [generation_prompt(r, fmt, tokenizer) for r in chunk]
-        special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
         with torch.no_grad():
             out = model.generate(
                 **inputs, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
-        completions = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        hits += sum(
-            normalize(c) == normalize(reference_completion(r, fmt, tokenizer)) for c, r in zip(completions, chunk, strict=True)
-        )
-    return hits / max(len(rows), 1)
+        completions += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return completions

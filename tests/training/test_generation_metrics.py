@@ -1,0 +1,40 @@
+"""Held-out generation metrics: exact match, the looser `contains`, and per-group scores."""
+
+import torch
+
+from tests.tiny import make_tokenizer
+from training.config import load_config
+from training.evaluate import generation_metrics
+
+
+class _Replies:
+    """A stand-in model whose greedy reply to each prompt is fixed, to check the scoring alone."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, replies: list[str]):
+        self.tokenizer, self.replies, self.calls = tokenizer, replies, 0
+
+    def generate(self, input_ids, **kwargs):
+        batch = []
+        for row in input_ids:
+            reply = self.tokenizer(self.replies[self.calls], add_special_tokens=False)["input_ids"]
+            self.calls += 1
+            batch.append(row.tolist() + reply)
+        width = max(len(b) for b in batch)
+        return torch.tensor([b + [self.tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+
+
+def test_exact_contains_and_groups():
+    tok = make_tokenizer()
+    rows = [
+        {"prompt": "copy a ->", "completion": " a b", "group": "seen"},
+        {"prompt": "copy c ->", "completion": " c", "group": "seen", "key_fact": "c"},
+        {"prompt": "copy d ->", "completion": " d", "group": "unseen"},
+    ]
+    replies = ["a b", "the c", "e"]
+    cfg = load_config(None, ["model.source=x", "data.train=[x]", "eval.batch_size=2"])
+    metrics = generation_metrics(_Replies(tok, replies), tok, rows, "prompt_completion", cfg)
+    assert metrics["exact_match"] == 1 / 3 and metrics["contains"] == 2 / 3
+    assert metrics["exact_match/seen"] == 0.5 and metrics["contains/seen"] == 1.0
+    assert metrics["exact_match/unseen"] == 0.0 and metrics["contains/unseen"] == 0.0
