@@ -324,6 +324,10 @@ class Controller:
         out = {"mean_reward": float(batch.rewards[valid].mean()) if valid.any() else float("nan")}
         out |= {f"reward/{k}": float(v[valid].mean()) for k, v in parts.items()}
         out["response_length"] = float(batch.completion_mask.sum(dim=1).float().mean())
+        # Held-out rows with a `group` field (e.g. seen vs unseen facts) are also scored per group.
+        for group in sorted({str(r["group"]) for r in batch.rows if r.get("group") is not None}):
+            members = torch.tensor([str(r.get("group")) == group for r in batch.rows]) & valid
+            out[f"mean_reward/{group}"] = float(batch.rewards[members].mean()) if members.any() else float("nan")
         return out
 
     def _metrics(

@@ -5,13 +5,18 @@ unfinished stage."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cluster.cli import main
-from cluster.pipeline import load_pipeline, run_pipeline
+from cluster.pipeline import load_pipeline
 from tests.rl.conftest import letter_prompts
 from tests.tiny import write_jsonl
 from training.config import ConfigError
@@ -55,28 +60,48 @@ def _pipeline_file(tmp_path: Path, assets: dict[str, Path]) -> Path:
     return path
 
 
-def test_three_stage_pipeline_chains_models_and_resumes(assets, tmp_path, local_ray):
+def test_three_stage_pipeline_chains_models_and_resumes_after_a_kill_in_stage_two(assets, tmp_path):
     path = _pipeline_file(tmp_path, assets)
-    result = run_pipeline(path)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][1]["train"] |= {"max_steps": 150}  # long enough to be killed mid-stage
+    spec["stages"][1]["checkpoint"] = {"every_steps": 10}
+    path.write_text(yaml.safe_dump(spec))
+    pipe = tmp_path / "pipe"
+    sft_metrics = pipe / "2-sft" / "metrics.jsonl"
 
-    stages = result["stages"]
-    assert [s["name"] for s in stages] == ["pretrain", "sft", "rl"]
-    for previous, stage in zip(stages[:-1], stages[1:], strict=True):
+    first = subprocess.Popen(_command(path), cwd=tmp_path, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 400
+    while not (sft_metrics.exists() and len(sft_metrics.read_text().splitlines()) >= 25):
+        assert first.poll() is None and time.monotonic() < deadline, "the pipeline ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    pretrain_model = pipe / "1-pretrain" / "model" / "config.json"
+    pretrain_mtime = pretrain_model.stat().st_mtime
+    assert not (pipe / "2-sft" / "summary.json").exists()
+
+    second = subprocess.run(_command(path), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1-pretrain already holds this finished run" in second.stdout  # stage 1 is not trained again
+    assert pretrain_model.stat().st_mtime == pretrain_mtime
+    assert "resumed from step" in second.stdout + second.stderr  # stage 2 picks up from its checkpoint
+
+    saved = json.loads((pipe / "pipeline.json").read_text())["stages"]
+    assert [s["name"] for s in saved] == ["pretrain", "sft", "rl"] and [s["status"] for s in saved] == ["finished"] * 3
+    for previous, stage in zip(saved[:-1], saved[1:], strict=True):
         config = yaml.safe_load((Path(stage["run_dir"]) / "config.yaml").read_text())
         assert config["model"]["source"] == str(Path(previous["run_dir"]) / "model")  # starts from the last export
-    assert "perplexity" in stages[0]["eval"]["before"] and "exact_match" in stages[1]["eval"]["after"]
-    assert "mean_reward" in stages[2]["eval"]["after"]
-    saved = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
-    assert [s["status"] for s in saved["stages"]] == ["finished"] * 3
+    assert "perplexity" in saved[0]["eval"]["before"] and "exact_match" in saved[1]["eval"]["after"]
+    assert "mean_reward" in saved[2]["eval"]["after"]
+    assert "pipeline: held-out evaluation of each stage" in second.stdout
 
-    # A stage that did not finish (its summary gone, as after a kill in stage 2) is run again; the
-    # finished stage before it is not.
-    (Path(stages[1]["run_dir"]) / "summary.json").unlink()
-    (Path(stages[2]["run_dir"]) / "summary.json").unlink()
-    pretrain_mtime = (Path(stages[0]["run_dir"]) / "model" / "config.json").stat().st_mtime
-    again = run_pipeline(path)
-    assert (Path(stages[0]["run_dir"]) / "model" / "config.json").stat().st_mtime == pretrain_mtime
-    assert [s["name"] for s in again["stages"]] == ["pretrain", "sft", "rl"]
+
+def _command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "cluster.cli", "run", str(path)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu"}
 
 
 def test_previous_in_the_first_stage_is_refused(tmp_path):

@@ -13,7 +13,8 @@ from tests.tiny import LETTERS, write_jsonl
 def letter_prompts(n: int, seed: int = 0) -> list[dict]:
     """'copy x ->' with the answer x: the reward pays for starting with a letter, and more for the right one."""
     rng = random.Random(seed)
-    return [{"prompt": f"copy {letter} ->", "answer": letter} for letter in (rng.choice(LETTERS) for _ in range(n))]
+    letters = [rng.choice(LETTERS) for _ in range(n)]
+    return [{"prompt": f"copy {x} ->", "answer": x, "group": "a-h" if x <= "h" else "i-p"} for x in letters]
 
 
 @pytest.fixture(scope="session")

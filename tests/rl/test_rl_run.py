@@ -34,6 +34,7 @@ def test_rl_raises_heldout_reward_and_exports(assets, prompts, tmp_path, local_r
     before, after = summary["eval"]["before"]["mean_reward"], summary["eval"]["after"]["mean_reward"]
     # Measured: 0.25 -> 1.00 (greedy, 24 held-out prompts); the base model starts with a letter 1 time in 4.
     assert after >= before + 0.5, (before, after)
+    assert {"mean_reward/a-h", "mean_reward/i-p"} <= summary["eval"]["after"].keys()  # rows with a group field
     steps = _steps(tmp_path / "run")
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert STEP_KEYS <= steps[0].keys()
