@@ -62,11 +62,7 @@ class PolicyWorker(Located):
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def _build_engine(self) -> tuple[Any, Any]:
-        import deepspeed
-        import torch
-
-        from training.ds_config import deepspeed_config, resolve_precision
-        from training.losses import lr_multiplier
+        from training.ds_config import initialize_engine
         from training.models import add_lora, load_model, load_tokenizer
 
         cfg = self.cfg
@@ -79,18 +75,7 @@ class PolicyWorker(Located):
         step_cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, grad_accum=samples_per_rank // cfg.train.micro_batch_per_device)
         )
-        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        ds_config = deepspeed_config(step_cfg, resolve_precision(cfg, gpu_bf16))
-        opt, total = cfg.optim, self.total_steps
-
-        def schedule(optimizer: Any) -> Any:
-            return torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: lr_multiplier(s, opt.warmup_steps, total, opt.decay, opt.min_lr_ratio)
-            )
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
-        return engine, tokenizer
+        return initialize_engine(model, step_cfg, self.total_steps), tokenizer
 
     def update(self, shard: RolloutBatch, totals: dict[str, float], off_policy: bool) -> dict[str, float]:
         """One optimizer step on this rank's shard; returns sums of the diagnostics (the controller adds ranks)."""

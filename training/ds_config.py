@@ -54,3 +54,25 @@ def deepspeed_config(cfg: HoneConfig, precision: str) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
+    """The DeepSpeed engine for `model` with hone's optimizer, precision and LR schedule (warmup then
+    cfg.optim.decay over total_steps). `cfg.train` sets the micro-batch and accumulation arithmetic."""
+    import deepspeed
+    import torch
+
+    from training.losses import lr_multiplier
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    ds_config = deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))
+    opt = cfg.optim
+
+    def schedule(optimizer: Any) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, opt.warmup_steps, total_steps, opt.decay, opt.min_lr_ratio)
+        )
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
+    return engine

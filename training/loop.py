@@ -20,9 +20,9 @@ from typing import Any
 from training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from training.config import HoneConfig, from_dict
 from training.data import PREFERENCE_MODES
-from training.ds_config import deepspeed_config, resolve_precision
+from training.ds_config import initialize_engine
 from training.forward import step_loss_sum, summed_loss
-from training.losses import lr_multiplier, mean_loss
+from training.losses import mean_loss
 from training.tokens import IGNORE, Example
 
 
@@ -84,26 +84,13 @@ def train_worker(plan: dict[str, Any]) -> None:
 
 
 def _build_engine(cfg: HoneConfig, plan: dict[str, Any], torch: Any) -> tuple[Any, Any]:
-    import deepspeed
-
     from training.models import add_lora, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, plan["resolved_model"])
     model = load_model(cfg.model, plan["resolved_model"], plan["kind"])
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora, plan["kind"])
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    ds_config = deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))
-    total, opt = plan["total_steps"], cfg.optim
-
-    def schedule(optimizer: Any) -> Any:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_multiplier(s, opt.warmup_steps, total, opt.decay, opt.min_lr_ratio)
-        )
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
-    return engine, tokenizer
+    return initialize_engine(model, cfg, plan["total_steps"]), tokenizer
 
 
 class _Batcher:

@@ -25,7 +25,7 @@ def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
     summary = run(load_config(None, sft_overrides(assets, out, "eval.every_steps=10", "checkpoint.every_steps=10")))
 
     assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"] - 0.5
-    assert set(summary["eval"]["before"]) == set(summary["eval"]["after"]) == {"loss", "exact_match"}
+    assert set(summary["eval"]["before"]) == set(summary["eval"]["after"]) == {"loss", "exact_match", "contains"}
     assert summary["mode"] == "sft" and summary["steps"] == 20 and summary["tokens_per_s"] > 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 3e-3 and saved["train"]["max_steps"] == 20 and saved["data"]["max_seq_len"] == 32
