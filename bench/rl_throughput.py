@@ -77,29 +77,9 @@ HONE_THREADS = {"policy": 1, "rollout": 1, "reward": 0}  # CPUs per actor; each 
 
 def build_model(path: Path) -> Path:
     """The SFT bench's Llama (hidden 256, 4 layers, ~2.4M parameters): big enough that compute sets the pace."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny import make_causal_model
 
-    from tests.tiny import VOCAB, make_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2 * MAX_SEQ_LEN,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return make_causal_model(path, hidden_size=256, intermediate_size=512, num_layers=4, max_positions=2 * MAX_SEQ_LEN)
 
 
 def build_workdir(workdir: Path) -> None:

@@ -64,29 +64,9 @@ THREADS = len(os.sched_getaffinity(0))
 
 def build_model(path: Path) -> Path:
     """A Llama big enough that compute, not framework overhead, sets the step time (~2.4M parameters)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny import make_causal_model
 
-    from tests.tiny import VOCAB, make_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2 * MAX_LEN,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return make_causal_model(path, hidden_size=256, intermediate_size=512, num_layers=4, max_positions=2 * MAX_LEN)
 
 
 def build_workdir(workdir: Path, steps: int) -> None:

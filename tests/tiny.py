@@ -37,7 +37,10 @@ def make_tokenizer():
     return tok
 
 
-def make_causal_model(path: Path, seed: int = 0) -> Path:
+def make_causal_model(
+    path: Path, seed: int = 0, hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2, max_positions: int = 256
+) -> Path:
+    """A Llama built from a config (the tests' default is tiny; the benches ask for a bigger one)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -45,12 +48,12 @@ def make_causal_model(path: Path, seed: int = 0) -> Path:
     tok = make_tokenizer()
     config = LlamaConfig(
         vocab_size=len(VOCAB),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
