@@ -4,6 +4,8 @@ hone run CONFIG.yaml [key=value ...] [--address ADDR]   train; with no address, 
 hone validate CONFIG.yaml [key=value ...]              check config, model and data; print statistics
 hone tune CONFIG.yaml [key=value ...] [--address ADDR]  a Ray Tune sweep over the config's tune.space
 hone report DIR                                        a run/sweep/pipeline dir: print its before/after table, write PNG plots
+hone submit CONFIG.yaml [key=value ...] --address URL [--wait]  check here, then run it as a job on a Ray cluster
+hone jobs list|status ID|logs ID [--follow]|stop ID --address URL  the jobs on a Ray cluster
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import argparse
 import sys
 
 from cluster.connect import PlacementError
+from cluster.jobs import JobsError, add_jobs_parser
 from cluster.pipeline import is_pipeline
 from cluster.report import ReportError
 from cluster.rundir import RunDirError
+from cluster.submit import add_submit_parser
 from rl.group import RolePlacementError
 from rl.rewards import RewardError
 from training.config import ConfigError, load_config, to_yaml
@@ -30,6 +34,7 @@ USER_ERRORS = (
     RolePlacementError,
     RewardError,
     ReportError,
+    JobsError,
 )
 
 
@@ -41,15 +46,24 @@ def main(argv: list[str] | None = None) -> int:
 
             report(args.dir)
             return 0
-        if args.command in ("run", "validate") and is_pipeline(args.config):
+        if args.command == "jobs":
+            from cluster.jobs import jobs_command
+
+            return jobs_command(args)
+        if args.command in ("run", "validate", "submit") and is_pipeline(args.config):
             return _pipeline(args)
         cfg = load_config(args.config, args.overrides)
-        if args.command == "tune" or (args.command == "validate" and cfg.tune.space):
+        if args.command == "tune" or (args.command in ("validate", "submit") and cfg.tune.space):
             from cluster.tune import check_tune
 
             check_tune(cfg)
         if args.command == "validate":
             return validate(cfg)
+        if args.command == "submit":
+            from cluster.submit import submit_config
+
+            validate(cfg)  # the same checks as `hone validate`, before anything is packed or sent
+            return submit_config(args, cfg)
         if args.command == "tune":
             from cluster.tune import tune_run
 
@@ -76,6 +90,10 @@ def _pipeline(args: argparse.Namespace) -> int:
     for index, stage in enumerate(stages):
         c = stage.config
         print(f"stage {index + 1}: {stage.name:<12} mode {c.mode:<8} model {c.model.source:<40} -> {c.output_dir}")
+    if args.command == "submit":
+        from cluster.submit import submit_pipeline
+
+        return submit_pipeline(args, out, stages)
     return 0
 
 
@@ -152,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
     cmd.add_argument("dir", help="a run, sweep or pipeline output dir")
+    add_submit_parser(sub)
+    add_jobs_parser(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from cluster.connect import check_placement, ray_session, worker_bundle
 from cluster.progress import MetricsFile, RunLog, follow
-from cluster.rundir import claim, inspect, remove_orphan_checkpoints
+from cluster.rundir import checkpoint_location, claim, inspect, local_checkpoints, remove_orphan_checkpoints
 from cluster.tracking import Tracker
 from training.config import HoneConfig, to_dict
 from training.prepare import Prepared, attach_reference, prepare
@@ -38,7 +38,9 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
         # Only now, with the workers known to fit, is the run dir written (or replaced).
         run_dir, state = claim(cfg)
         if state == "resume":
-            remove_orphan_checkpoints(run_dir)
+            folder = local_checkpoints(*checkpoint_location(cfg, run_dir))
+            if folder is not None:  # in object storage orphans are left; Ray Train ignores them anyway
+                remove_orphan_checkpoints(run_dir, folder)
         what = "resuming" if state == "resume" else "new"
         print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
         tracker = Tracker(cfg, run_dir)
@@ -131,6 +133,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
         "run_dir": str(run_dir),
         "total_steps": prepared.total_steps,
     }
+    storage, name = checkpoint_location(cfg, run_dir)
     s = cfg.scaling
     trainer = TorchTrainer(
         train_worker,
@@ -142,8 +145,9 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
             placement_strategy=s.placement_strategy,
         ),
         run_config=RunConfig(
-            name="checkpoints",
-            storage_path=str(run_dir),
+            # run_dir/checkpoints, or this run's own folder under scaling.storage_path (shared storage)
+            storage_path=storage,
+            name=name,
             failure_config=FailureConfig(max_failures=s.max_failures),
             callbacks=train_callbacks(),  # inside a `hone tune` trial: live metrics for the scheduler
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),

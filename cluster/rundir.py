@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def claim(cfg: HoneConfig) -> tuple[Path, str]:
     if state in ("resume", "finished"):
         return out, state
     if state == "replace":
+        _remove_checkpoints_elsewhere(out)
         shutil.rmtree(out)
         print(f"hone: overwrite=true, removed the earlier run in {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,13 +82,53 @@ def _existing_state(cfg: HoneConfig, out: Path) -> str | None:
     return "finished" if (out / "summary.json").exists() else "resume"
 
 
-def remove_orphan_checkpoints(run_dir: Path) -> list[str]:
+STORAGE_RECORD = "storage.json"
+
+
+def checkpoint_location(cfg: HoneConfig, run_dir: Path) -> tuple[str, str]:
+    """Where Ray Train keeps this run's checkpoints: (storage_path, name) for its RunConfig.
+
+    With scaling.storage_path unset that is run_dir/checkpoints. With it set, every run gets its own
+    folder there, named once and recorded in the run dir: a resume finds the same folder, and a run
+    that replaced another (overwrite=true) gets a fresh one instead of resuming the old run's state.
+    """
+    if not cfg.scaling.storage_path:
+        return str(run_dir), "checkpoints"
+    record = run_dir / STORAGE_RECORD
+    if record.exists():
+        saved = json.loads(record.read_text())
+        return saved["storage_path"], saved["name"]
+    storage = cfg.scaling.storage_path
+    storage = storage if "://" in storage else str(Path(storage).expanduser())
+    name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    record.write_text(json.dumps({"storage_path": storage, "name": name}))
+    return storage, name
+
+
+def local_checkpoints(storage: str, name: str) -> Path | None:
+    """The checkpoint folder when it is on a filesystem this process sees; None for s3:// / gs://."""
+    return None if "://" in storage else Path(storage) / name
+
+
+def _remove_checkpoints_elsewhere(run_dir: Path) -> None:
+    # A replaced run's checkpoints under a filesystem storage_path would otherwise stay forever; in
+    # object storage they are left (hone does not delete from buckets), and nothing will resume them.
+    record = run_dir / STORAGE_RECORD
+    if record.exists():
+        saved = json.loads(record.read_text())
+        folder = local_checkpoints(saved["storage_path"], saved["name"])
+        if folder is not None and folder.is_dir():
+            shutil.rmtree(folder)
+
+
+def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list[str]:
     """Delete checkpoint folders Ray Train never registered (a run killed while saving leaves one).
 
     Ray Train resumes only from registered checkpoints, listed in its snapshot; anything else under
-    checkpoints/ is a partial write that would only waste disk and confuse a reader.
+    `folder` (default run_dir/checkpoints) is a partial write that would only waste disk and confuse a
+    reader.
     """
-    folder = run_dir / "checkpoints"
+    folder = folder or run_dir / "checkpoints"
     if not folder.is_dir():
         return []
     snapshot = folder / "checkpoint_manager_snapshot.json"

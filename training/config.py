@@ -97,6 +97,9 @@ class ScalingConfig:
     placement_timeout_s: float = 60.0
     # Worker-group restarts Ray Train may make after a worker dies; each resumes from the last checkpoint.
     max_failures: int = 2
+    # Where Ray Train keeps checkpoints: empty means output_dir/checkpoints. On a multi-node cluster it
+    # must be storage every node reaches: an absolute path on a shared filesystem, or s3:// / gs:// URI.
+    storage_path: str = ""
 
 
 @dataclass
@@ -451,8 +454,40 @@ def check(cfg: HoneConfig) -> None:
     if not cfg.scaling.use_gpu:
         _require(cfg.deepspeed.precision != "fp16", "deepspeed.precision", "fp16", "fp16 needs a GPU; use auto or fp32 on CPU")
     _positive(cfg, "dpo.beta")
+    _check_storage(cfg)
     if cfg.mode == "rl":
         _check_rl(cfg)
+
+
+STORAGE_SCHEMES = ("s3://", "gs://")
+
+
+def _check_storage(cfg: HoneConfig) -> None:
+    value = cfg.scaling.storage_path
+    if not value:
+        return
+    if "://" in value:
+        _require(
+            value.startswith(STORAGE_SCHEMES) and len(value.split("://", 1)[1].strip("/")) > 0,
+            "scaling.storage_path",
+            value,
+            "use an absolute path on a shared filesystem, or an s3://BUCKET/PATH or gs://BUCKET/PATH URI",
+        )
+    else:
+        _require(
+            Path(value).expanduser().is_absolute(),
+            "scaling.storage_path",
+            value,
+            "give an absolute path (every node resolves it the same way), or an s3:// or gs:// URI",
+        )
+    # RL checkpoints are written by the controller's policy actors straight into output_dir, not by
+    # Ray Train, so there is nothing for storage_path to move.
+    _require(
+        cfg.mode != "rl",
+        "scaling.storage_path",
+        value,
+        "mode rl keeps its checkpoints in output_dir/checkpoints; leave storage_path empty and put output_dir on a shared filesystem",
+    )
 
 
 def _check_rl(cfg: HoneConfig) -> None:
