@@ -4,6 +4,7 @@ hone run CONFIG.yaml [key=value ...] [--address ADDR]   train; with no address, 
 hone validate CONFIG.yaml [key=value ...]              check config, model and data; print statistics
 hone tune CONFIG.yaml [key=value ...] [--address ADDR]  a Ray Tune sweep over the config's tune.space
 hone report DIR                                        a run/sweep/pipeline dir: print its before/after table, write PNG plots
+hone k8s render CONFIG.yaml [key=value ...] [--output FILE]  a KubeRay RayJob (+ ConfigMap, NetworkPolicy) sized from the config
 hone submit CONFIG.yaml [key=value ...] --address URL [--wait]  check here, then run it as a job on a Ray cluster
 hone jobs list|status ID|logs ID [--follow]|stop ID --address URL  the jobs on a Ray cluster
 """
@@ -15,6 +16,7 @@ import sys
 
 from cluster.connect import PlacementError
 from cluster.jobs import JobsError, add_jobs_parser
+from cluster.k8s import K8sError, add_k8s_parser, k8s_command
 from cluster.pipeline import is_pipeline
 from cluster.report import ReportError
 from cluster.rundir import RunDirError
@@ -34,6 +36,7 @@ USER_ERRORS = (
     RolePlacementError,
     RewardError,
     ReportError,
+    K8sError,
     JobsError,
 )
 
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
             report(args.dir)
             return 0
+        if args.command == "k8s":
+            return k8s_command(args)
         if args.command == "jobs":
             from cluster.jobs import jobs_command
 
@@ -170,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
     cmd.add_argument("dir", help="a run, sweep or pipeline output dir")
+    add_k8s_parser(sub)
     add_submit_parser(sub)
     add_jobs_parser(sub)
     return parser
