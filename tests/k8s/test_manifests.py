@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 import pytest
+import yaml
 
 from cluster.k8s import RenderOptions, render
 from tests.k8s.manifests import (
@@ -240,6 +241,26 @@ def test_defaulted_required_fields_may_be_left_out() -> None:
     assert schema_problems(job) == []
     del group["groupName"]  # required, no default
     assert any("groupName" in p for p in schema_problems(job))
+
+
+def test_examples_are_what_k8s_readme_says() -> None:
+    def example(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        docs = load_docs((K8S / "examples" / name).read_text())
+        config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+        job = next(d for d in docs if d["kind"] == "RayJob")["spec"]
+        return config, {g["groupName"]: g for g in job["rayClusterSpec"]["workerGroupSpecs"]} | {"entrypoint": job["entrypoint"]}
+
+    config, groups = example("sft-zero3.yaml")
+    gpus = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert config["deepspeed"]["zero_stage"] == 3 and config["scaling"]["num_workers"] == 16
+    assert (groups["gpu"]["replicas"], gpus) == (2, "8")
+    config, groups = example("rl-rollout-policy.yaml")
+    # The worker groups advertise exactly the custom resources the config's roles ask for.
+    assert set(config["rl"]["rollout"]["resources"]) == {"rollout"} and set(config["rl"]["policy_resources"]) == {"policy"}
+    assert groups["rollout"]["rayStartParams"]["resources"] == '"{\\"rollout\\": 1}"'
+    assert groups["policy"]["rayStartParams"]["resources"] == '"{\\"policy\\": 1}"'
+    config, groups = example("tune-sft-lr.yaml")
+    assert groups["entrypoint"].startswith("hone tune ") and config["tune"]["max_concurrent_trials"] == 4
 
 
 def test_example_rayjobs_are_what_render_makes_today() -> None:

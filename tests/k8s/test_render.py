@@ -178,6 +178,14 @@ ERRORS = {
     "bad name": ([SFT, "--name", "Hone_Job"], ["--name='Hone_Job'", "at most 47"]),
     "unknown key": ([SFT, "scaling.num_worker=2"], ["scaling.num_worker", "did you mean scaling.num_workers"]),
     "bad tune metric": ([TUNE, "tune.metric=accuracy"], ["tune.metric='accuracy'"]),
+    "local checkpoint storage": (
+        [SFT, "scaling.storage_path=/home/me/ckpt"],
+        ["scaling.storage_path=/home/me/ckpt", "not on the run volume", "set it under /mnt/runs"],
+    ),
+    "reward module missing": (
+        [RL, "rl.rewards=[{type: function, function: 'nomodule:score'}]"],
+        ["rl.rewards[0].function='nomodule:score'", "put it next to the config"],
+    ),
 }
 
 
