@@ -150,7 +150,7 @@ def follow(client: Any, job_id: str) -> str:
         guarded(client._address, lambda: asyncio.run(tail()))
     except KeyboardInterrupt:
         print(f"\nhone: stopped following; job {job_id} goes on (hone jobs stop {job_id} ends it)", flush=True)
-        raise
+        raise SystemExit(130) from None
     return wait(client, job_id)
 
 

@@ -134,13 +134,14 @@ def submit_config(args: argparse.Namespace, cfg: HoneConfig) -> int:
 
 
 def submit_pipeline(args: argparse.Namespace, out: Path, stages: list[Any]) -> int:
-    """A pipeline ships as one pipeline file with every stage inline, its paths rewritten."""
+    return _submit(args, "run", lambda shipment: ship_pipeline(out, stages, shipment))
 
-    def build(shipment: _Shipment) -> dict[str, Any]:
-        shipped = [{"name": s.name, **ship_config(s.config, shipment)} for s in stages]
-        return {"output_dir": str(out.expanduser().resolve()), "stages": shipped}
 
-    return _submit(args, "run", build)
+def ship_pipeline(out: Path, stages: list[Any], shipment: _Shipment) -> dict[str, Any]:
+    """A pipeline ships as one pipeline file with every stage inline, its paths rewritten
+    (`model.source: previous` stays: it names the previous stage's export on the cluster)."""
+    shipped = [{"name": s.name, **ship_config(s.config, shipment)} for s in stages]
+    return {"output_dir": str(out.expanduser().resolve()), "stages": shipped}
 
 
 def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX_SHIP_BYTES) -> int:

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster.jobs import JobsError, dashboard_address, read_token
+from cluster.pipeline import Stage
 from cluster.rundir import checkpoint_location, claim, local_checkpoints
-from cluster.submit import SHIPPED, _Shipment, ship_config
+from cluster.submit import SHIPPED, _Shipment, ship_config, ship_pipeline
 from training.config import ConfigError, load_config
 
 
@@ -131,3 +133,36 @@ def test_each_run_gets_its_own_checkpoint_folder_under_storage_path(tmp_path):
     assert state == "new" and not (shared / name).exists()
     assert checkpoint_location(cfg, run_dir)[1] != name
     assert local_checkpoints("s3://bucket/runs", name) is None
+
+
+def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(tmp_path):
+    """What the job does with the working dir: load the shipped file, whose paths resolve inside it."""
+    from cluster.pipeline import chained, load_pipeline
+
+    overrides = sft(tmp_path)
+    stages = [
+        Stage("first", load_config(None, overrides)),
+        Stage("second", load_config(None, [*overrides, "model.source=previous"])),
+    ]
+    for name, build in (
+        ("config", lambda shipment: ship_config(stages[0].config, shipment)),
+        ("pipeline", lambda shipment: ship_pipeline(tmp_path / "pipe", stages, shipment)),
+    ):
+        shipment = _Shipment(shared=[])
+        raw = build(shipment)
+        shipment.copy()
+        (shipment.root / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        (tmp_path / "train.jsonl").rename(tmp_path / "moved.jsonl")  # the job never sees this machine's files
+        try:
+            if name == "config":
+                loaded = [load_config(shipment.root / "config.yaml")]
+            else:
+                out, shipped = load_pipeline(shipment.root / "config.yaml")
+                assert out == tmp_path / "pipe" and [s.name for s in shipped] == ["first", "second"]
+                loaded = chained(shipped)
+                assert loaded[1].model.source == str(tmp_path / "run" / "model")
+            assert loaded[0].data.train == [str(shipment.root / SHIPPED / "0-train.jsonl")]
+            assert (shipment.root / SHIPPED / "0-train.jsonl").read_text().startswith('{"prompt"')
+        finally:
+            (tmp_path / "moved.jsonl").rename(tmp_path / "train.jsonl")
+            shipment.remove()
