@@ -51,6 +51,8 @@ def test_cpu_config_gets_one_cpu_pod_and_its_data_in_the_configmap() -> None:
     job = docs["RayJob"]
     assert job["metadata"]["name"] == "hone-sft-quickstart"
     assert job["spec"]["entrypoint"] == f"hone run {JOB_DIR}/config.yaml --address auto"
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert {"name": "DS_ACCELERATOR", "value": "cpu"} in worker["containers"][0]["env"] and "tolerations" not in worker
     config = shipped(docs)
     assert config["output_dir"] == "/mnt/runs/quickstart"
     (path,) = config["data"]["train"]
