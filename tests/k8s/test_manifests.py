@@ -282,3 +282,19 @@ def test_example_rayjobs_are_what_render_makes_today() -> None:
         opts = RenderOptions(**{attr: getattr(args, f"k8s_{attr}") for attr, _ in FLAGS.values()})
         fresh = render(REPO / args.config, args.overrides, opts, header=_header(args, opts))
         assert fresh == text, f"{path} is stale: run the command on its first line with --output {path}"
+
+
+def test_dockerfile_user_and_copies_match_the_manifests() -> None:
+    """The image cannot be built here (no docker): check what ties it to the manifests and the repo."""
+    import re
+
+    from cluster.k8s_manifests import UID
+
+    text = (K8S / "Dockerfile").read_text()
+    assert re.search(rf"^ARG UID={UID}$", text, re.M) and re.search(r"^USER \$\{UID\}:\$\{UID\}$", text, re.M)
+    base = yaml.safe_load((K8S / "base" / "raycluster.yaml").read_text())
+    assert {ctx["runAsUser"] for _, pod in pod_specs(base) for ctx in [pod["securityContext"]]} == {UID}
+    for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in source.split():
+            assert (REPO / path).exists(), f"the Dockerfile copies {path}, which the repo does not have"
+    assert "pip install --no-cache-dir ." in text and "wget" in text  # KubeRay's probes call wget
