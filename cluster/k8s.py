@@ -403,7 +403,14 @@ def add_k8s_parser(sub: Any) -> None:
     for flag, (attr, text) in FLAGS.items():
         default = getattr(defaults, attr)
         # dest k8s_*: `--command` must not overwrite the top-level args.command
-        render_cmd.add_argument(flag, dest=f"k8s_{attr}", type=type(default), default=default, help=f"{text} (default {default})")
+        render_cmd.add_argument(
+            flag,
+            dest=f"k8s_{attr}",
+            type=type(default),
+            default=default,
+            metavar=attr.upper(),
+            help=f"{text} (default {default})",
+        )
 
 
 def k8s_command(args: Any) -> int:
