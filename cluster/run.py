@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.connect import check_placement, ray_session, worker_bundle
 from cluster.progress import MetricsFile, RunLog, follow
@@ -22,8 +22,12 @@ from cluster.tracking import Tracker
 from training.config import HoneConfig, to_dict
 from training.prepare import Prepared, attach_reference, prepare
 
+if TYPE_CHECKING:
+    from cluster.tune import TrialLink
 
-def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
+
+def run(cfg: HoneConfig, address: str | None = None, trial: TrialLink | None = None) -> dict[str, Any]:
+    """`trial` is set inside a `hone tune` trial: where held-out results go, and (PBT) where to start."""
     if cfg.mode == "rl":
         from cluster.rl_run import run_rl
 
@@ -47,7 +51,7 @@ def run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
         if cfg.mode == "dpo":
             _reference(cfg, prepared, run_dir)
         before = _eval_before(cfg, prepared, run_dir)
-        workers, metrics = _train(cfg, prepared, run_dir, tracker)
+        workers, metrics = _train(cfg, prepared, run_dir, tracker, trial)
         after = _evaluate(cfg, prepared, str(run_dir / "model"))
     summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -114,12 +118,13 @@ def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str
     return before
 
 
-def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker) -> tuple[list[dict[str, Any]], MetricsFile]:
+def _train(
+    cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, trial: TrialLink | None
+) -> tuple[list[dict[str, Any]], MetricsFile]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from cluster.tune import train_callbacks
     from training.loop import train_worker
 
     log = RunLog.remote()  # type: ignore[attr-defined]
@@ -132,6 +137,7 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
         "logger": log,
         "run_dir": str(run_dir),
         "total_steps": prepared.total_steps,
+        "start_from": trial.start_from if trial else None,
     }
     storage, name = checkpoint_location(cfg, run_dir)
     s = cfg.scaling
@@ -149,8 +155,8 @@ def _train(cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker)
             storage_path=storage,
             name=name,
             failure_config=FailureConfig(max_failures=s.max_failures),
-            callbacks=train_callbacks(),  # inside a `hone tune` trial: live metrics for the scheduler
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            callbacks=trial.callbacks() if trial else [],  # in a `hone tune` trial: live metrics for the scheduler
+            checkpoint_config=CheckpointConfig(num_to_keep=None if trial and trial.keep_all else cfg.checkpoint.keep),
         ),
     )
     metrics = MetricsFile(run_dir / "metrics.jsonl")

@@ -17,6 +17,11 @@ import copy
 import difflib
 import json
 import math
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,12 @@ METRICS = {
     "rl": {"mean_reward": True, "response_length": False},
 }
 LIVE_KEY = {"loss": "eval_loss", "mean_reward": "reward_mean"}  # the per-step metrics.jsonl key behind each
+# PBT: the Tune checkpoint's one file (a pointer to a run's Ray Train checkpoint), the folder in a trial's
+# run dir holding the copy it was cloned from, and that trial's record of the clones it went through.
+POINTER, START_DIR, CLONE_RECORD, EXPLOITS = "pointer.json", "pbt_start", "clone.json", "exploits.jsonl"
+# Settings a PBT trial may change when it restarts from another trial's checkpoint: none of them changes
+# the model's shape, the data or the step count.
+PBT_KEYS = ("optim.", "dpo.")
 
 
 def check_tune(cfg: HoneConfig) -> None:
@@ -62,14 +73,47 @@ def check_tune(cfg: HoneConfig) -> None:
     )
     if t.metric not in metrics:
         raise ConfigError(f"tune.metric={t.metric!r}: mode {cfg.mode} never reports it; it reports {', '.join(metrics)}")
-    if t.scheduler == "asha" and cfg.mode != "rl" and cfg.eval.every_steps == 0:
+    if t.scheduler != "none" and cfg.mode != "rl" and cfg.eval.every_steps == 0:
         raise ConfigError(
-            "tune.scheduler=asha compares trials while they train, from the held-out loss every eval.every_steps; "
+            f"tune.scheduler={t.scheduler} compares trials while they train, from the held-out loss every eval.every_steps; "
             "set eval.every_steps (e.g. 5), or tune.scheduler=none"
         )
+    if t.scheduler == "pbt":
+        _check_pbt(cfg)
     for key in ("num_samples", "grace_period", "reduction_factor", "max_concurrent_trials"):
         if getattr(t, key) < 1:
             raise ConfigError(f"tune.{key}={getattr(t, key)} must be 1 or more")
+
+
+def _check_pbt(cfg: HoneConfig) -> None:
+    t = cfg.tune
+    if cfg.mode == "rl":
+        raise ConfigError(
+            "tune.scheduler=pbt restarts trials from a copy of another trial's training checkpoint, which hone does "
+            "for pretrain, sft, dpo and reward runs; for rl use tune.scheduler=asha"
+        )
+    for key in t.space:
+        if not key.startswith(PBT_KEYS):
+            raise ConfigError(
+                f"tune.space key {key!r} cannot be tuned with tune.scheduler=pbt: a trial continues from another trial's "
+                f"checkpoint, so only {'*, '.join(PBT_KEYS)}* settings may differ; tune {key} with tune.scheduler=asha"
+            )
+    if cfg.checkpoint.every_steps != cfg.eval.every_steps:
+        raise ConfigError(
+            f"tune.scheduler=pbt copies the checkpoint a trial had when it was scored: set checkpoint.every_steps "
+            f"(now {cfg.checkpoint.every_steps}) equal to eval.every_steps ({cfg.eval.every_steps})"
+        )
+    if "://" in cfg.scaling.storage_path:
+        raise ConfigError(
+            f"tune.scheduler=pbt copies trial checkpoints on a filesystem, and scaling.storage_path={cfg.scaling.storage_path!r} "
+            "is object storage; use a shared filesystem path (or leave it empty) for a PBT sweep"
+        )
+    if cfg.checkpoint.keep < 2:
+        raise ConfigError("tune.scheduler=pbt needs checkpoint.keep >= 2, so a trial's scored checkpoint outlives its copying")
+    if not 0 < t.quantile_fraction <= 0.5:
+        raise ConfigError(f"tune.quantile_fraction={t.quantile_fraction} must be in (0, 0.5]")
+    if t.perturbation_interval < 1:
+        raise ConfigError(f"tune.perturbation_interval={t.perturbation_interval} must be 1 or more")
 
 
 def _reward_names(cfg: HoneConfig) -> list[str]:
@@ -110,22 +154,38 @@ def in_trial() -> bool:
     return _in_tune_session()
 
 
-def train_callbacks() -> list[Any]:
-    """Inside a trial: pass the workers' reports on to Tune, with the held-out loss under the metric's
-    name (`loss`) and the training loss renamed, so ASHA compares trials on held-out loss."""
-    if not in_trial():
-        return []
-    from ray.tune.integration.ray_train import TuneReportCallback
+@dataclass
+class TrialLink:
+    """What a training-loop run inside a trial needs from it: the queue its held-out reports travel back
+    on, and (PBT) the copy of another trial's checkpoint to start from."""
 
-    class LiveMetrics(TuneReportCallback):
+    reports: Any  # ray.util.queue.Queue
+    start_from: str | None = None
+    # PBT may clone any checkpoint a trial was scored at, so none is deleted until the sweep ends.
+    keep_all: bool = False
+
+    def callbacks(self) -> list[Any]:
+        return [_live_metrics(self.reports)]
+
+
+def _live_metrics(reports: Any) -> Any:
+    """A Ray Train callback, run in Train's controller: it sends each held-out report (rank 0's), with the
+    path of the checkpoint saved with it, to the trial, which reports it to Tune. Ray's own
+    TuneReportCallback forwards only the metrics, and PBT needs a checkpoint with each result to clone.
+    The held-out loss goes under the metric's name (`loss`) and the training loss is renamed, so the
+    schedulers compare held-out loss."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class LiveMetrics(UserCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             first = {("train_loss" if k == "loss" else k): v for k, v in metrics[0].items()}
             if "eval_loss" not in first:
                 return  # a checkpoint-only report: Tune wants the metric in every result it gets
             first["loss"] = first["eval_loss"]
-            super().after_report(run_context, [first], None)
+            # A queue of one: training waits for Tune to take each result, so a stop lands on time.
+            reports.put({"metrics": first, "checkpoint": checkpoint.path if checkpoint else None})
 
-    return [LiveMetrics()]
+    return LiveMetrics()
 
 
 def report_rl_step(record: dict[str, Any]) -> None:
@@ -150,6 +210,8 @@ def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     sweep.mkdir(parents=True, exist_ok=True)
     with ray_session(address):
         results = _fit(cfg, sweep)
+        if cfg.tune.scheduler == "pbt":
+            _prune_pbt_checkpoints(sweep, cfg.checkpoint.keep)
         report = _write_sweep(cfg, sweep, results)
     print(format_sweep(report))
     return report
@@ -169,7 +231,6 @@ def _check_base_run(cfg: HoneConfig) -> None:
 
 def _fit(cfg: HoneConfig, sweep: Path) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
     trainable = tune.with_parameters(trial, base=to_dict(cfg), sweep=str(sweep))
@@ -181,26 +242,44 @@ def _fit(cfg: HoneConfig, sweep: Path) -> Any:
         print(f"hone: resuming the sweep in {sweep}", flush=True)
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = (
-            ASHAScheduler(
-                time_attr="training_iteration", grace_period=t.grace_period, reduction_factor=t.reduction_factor, max_t=10**6
-            )
-            if t.scheduler == "asha"
-            else FIFOScheduler()
-        )
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(cfg),
             tune_config=tune.TuneConfig(
                 metric=t.metric,
                 mode=t.mode,
-                scheduler=scheduler,
+                scheduler=_scheduler(cfg),
                 num_samples=t.num_samples,
                 max_concurrent_trials=t.max_concurrent_trials,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep), verbose=1),
         )
     return tuner.fit()
+
+
+def _scheduler(cfg: HoneConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    t = cfg.tune
+    if t.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration", grace_period=t.grace_period, reduction_factor=t.reduction_factor, max_t=10**6
+        )
+    if t.scheduler == "pbt":
+        # PBT explores a listed value by moving to a neighbour in the list, a range by scaling by 0.8 or 1.2
+        # (or, a quarter of the time, by drawing afresh).
+        space = search_space(cfg)
+        mutations = {
+            key: [_number(v) for v in dim.values] if dim.type in ("choice", "grid") else space[key]
+            for key, dim in cfg.tune.space.items()
+        }
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=t.perturbation_interval,
+            quantile_fraction=t.quantile_fraction,
+            hyperparam_mutations=mutations,
+        )
+    return FIFOScheduler()
 
 
 def trial(params: dict[str, Any], base: dict[str, Any], sweep: str) -> None:
@@ -211,14 +290,168 @@ def trial(params: dict[str, Any], base: dict[str, Any], sweep: str) -> None:
 
     raw = copy.deepcopy(base)
     raw["tune"] = {}
-    raw["output_dir"] = str(Path(sweep) / "trials" / tune.get_context().get_trial_id())
+    run_dir = Path(sweep) / "trials" / tune.get_context().get_trial_id()
+    raw["output_dir"] = str(run_dir)
     if raw["tracking"]["wandb"]["project"] and not raw["tracking"]["wandb"]["group"]:
         raw["tracking"]["wandb"]["group"] = Path(sweep).name  # a sweep is one W&B group, a run per trial
     for key, value in params.items():
         apply_override(raw, f"{key}={json.dumps(value)}")
-    summary = run(from_dict(raw))
+    cfg = from_dict(raw)
+    if cfg.mode == "rl":
+        summary = run(cfg)  # the RL controller reports every step to Tune itself (report_rl_step)
+    else:
+        pbt = base["tune"]["scheduler"] == "pbt"
+        summary = _run_reporting(cfg, _start_checkpoint(cfg, run_dir, params), keep_all=pbt)
     metric = base["tune"]["metric"]
     tune.report({metric: summary["eval"]["after"][metric], "final": 1, "steps": summary["steps"]})
+
+
+def _run_reporting(cfg: HoneConfig, start_from: str | None, keep_all: bool) -> dict[str, Any]:
+    """Run the training in a thread while this one, Tune's, reports each held-out result it sends back,
+    with a pointer to the checkpoint saved with it (what PBT clones)."""
+    from ray.util.queue import Empty, Queue
+
+    from cluster.run import run
+
+    link = TrialLink(Queue(maxsize=1, actor_options={"num_cpus": 0}), start_from, keep_all=keep_all)
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["summary"] = run(cfg, trial=link)
+        except BaseException as err:  # re-raised in Tune's thread, so the trial fails with it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=train, name="hone-trial-run", daemon=True)
+    worker.start()
+    while worker.is_alive() or not link.reports.empty():
+        try:
+            item = link.reports.get(timeout=1.0)
+        except Empty:
+            continue
+        _report(item, Path(cfg.output_dir))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["summary"]
+
+
+def _report(item: dict[str, Any], run_dir: Path) -> None:
+    from ray import tune
+
+    if item["checkpoint"] is None:
+        tune.report(item["metrics"])
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hone-pointer-"))
+    try:
+        pointer = {"run_dir": str(run_dir), "checkpoint": item["checkpoint"], "step": item["metrics"]["step"]}
+        (folder / POINTER).write_text(json.dumps(pointer | {"loss": item["metrics"]["loss"]}))
+        tune.report(item["metrics"], checkpoint=tune.Checkpoint.from_directory(str(folder)))  # copied on report
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PBT: a trial restarted from another trial's checkpoint
+
+
+def _start_checkpoint(cfg: HoneConfig, run_dir: Path, params: dict[str, Any]) -> str | None:
+    """The checkpoint folder this trial's run starts from when it has none of its own, or None.
+
+    PBT restarts a trial it exploits with another trial's last checkpoint and perturbed settings. Here
+    that checkpoint is a pointer to the donor's Ray Train checkpoint: the trial's own run is replaced by
+    a copy of it (`_clone`). A pointer to the trial's own run means an ordinary restart (a resumed
+    sweep), and the run resumes from its own checkpoints."""
+    from ray import tune
+
+    start = run_dir / START_DIR
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return str(start) if start.is_dir() else None
+    with checkpoint.as_directory() as folder:
+        pointer = json.loads((Path(folder) / POINTER).read_text())
+    clone = {"pointer": pointer, "overrides": params}
+    if Path(pointer["run_dir"]) == run_dir or _read_json(start / CLONE_RECORD) == clone:
+        return str(start) if start.is_dir() else None  # its own run, or a clone already made
+    _clone(cfg, run_dir, pointer, clone)
+    return str(start)
+
+
+def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[str, Any]) -> None:
+    """Replace this trial's run by the donor's state at its scored checkpoint: PBT's exploit step. The
+    replaced run's last score and step go to exploits.jsonl; metrics.jsonl continues the donor's."""
+    from cluster.rundir import claim
+
+    donor = Path(pointer["run_dir"])
+    history = _read_jsonl(run_dir / EXPLOITS)
+    own = _read_jsonl(run_dir / "metrics.jsonl")
+    own_loss = next((r["eval_loss"] for r in reversed(own) if "eval_loss" in r), None)
+    saved = _read_yaml(run_dir / "config.yaml")
+    own_overrides = {key: _get_dotted(saved, key) for key in clone["overrides"]} if saved else {}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    claim(cfg)
+    if not Path(pointer["checkpoint"]).is_dir():
+        raise FileNotFoundError(
+            f"pbt: the checkpoint to continue from, {pointer['checkpoint']}, is gone; was it deleted by hand?"
+        )
+    # Hard links: no copy on one filesystem, and a registered checkpoint's files are never rewritten.
+    shutil.copytree(pointer["checkpoint"], run_dir / START_DIR, copy_function=_link_or_copy)
+    (run_dir / START_DIR / CLONE_RECORD).write_text(json.dumps(clone))
+    for name in ("eval_before.json", "reference_logps.json"):  # the same base model and pairs in every trial
+        if (donor / name).exists():
+            shutil.copy2(donor / name, run_dir / name)
+    lineage = [r for r in _read_jsonl(donor / "metrics.jsonl") if r["step"] <= pointer["step"]]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lineage))
+    history.append(
+        {
+            "from_trial": donor.name,
+            "at_step": pointer["step"],
+            "donor_loss": pointer["loss"],
+            "replaced_steps": max((r["step"] for r in own), default=0),
+            "replaced_loss": own_loss,
+            "replaced_overrides": own_overrides,
+            "overrides": clone["overrides"],
+        }
+    )
+    (run_dir / EXPLOITS).write_text("".join(json.dumps(r) + "\n" for r in history))
+    print(
+        f"hone: pbt: {run_dir.name} continues from {donor.name} at step {pointer['step']} with {clone['overrides']}", flush=True
+    )
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)
+
+
+def _prune_pbt_checkpoints(sweep: Path, keep: int) -> None:
+    """After a PBT sweep nothing can clone a checkpoint any more: keep each trial's newest `keep`, as a
+    run without PBT would, and drop the copies trials started from."""
+    for trial_dir in (sweep / "trials").iterdir():
+        shutil.rmtree(trial_dir / START_DIR, ignore_errors=True)
+        steps = sorted((trial_dir / "checkpoints").glob("step_*"))
+        for old in steps[: max(0, len(steps) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _write_sweep(cfg: HoneConfig, sweep: Path, results: Any) -> dict[str, Any]:
@@ -255,6 +488,7 @@ def _trial_row(cfg: HoneConfig, params: dict[str, Any], run_dir: Path | None, re
         "steps": steps,
         "metric": float(value) if value is not None else float("nan"),
         "stopped_early": not finished and result.error is None,
+        "exploits": _read_jsonl(run_dir / EXPLOITS) if run_dir else [],
         "status": "ERROR" if result.error is not None else ("TERMINATED" if finished else "STOPPED"),
     }
 

@@ -227,10 +227,16 @@ class TuneConfig:
     # An eval metric of the mode: loss (pretrain/sft/dpo/reward), exact_match (sft), mean_reward (rl), ...
     metric: str = "loss"
     mode: Literal["min", "max"] = "min"
-    # asha stops weak trials early, comparing the metric as trials report it; none runs every trial out.
-    scheduler: Literal["asha", "none"] = "asha"
+    # asha stops weak trials early, comparing the metric as trials report it; pbt (population based
+    # training) restarts the worst trials from a copy of the best one's checkpoint with perturbed
+    # hyperparameters; none runs every trial out.
+    scheduler: Literal["asha", "pbt", "none"] = "asha"
     grace_period: int = 1
     reduction_factor: int = 2
+    # pbt: held-out evaluations between exploit/explore decisions, and the share of trials counted as
+    # the bottom (restarted from a copy) and the top (copied from).
+    perturbation_interval: int = 2
+    quantile_fraction: float = 0.25
     max_concurrent_trials: int = 1
 
 

@@ -47,7 +47,7 @@ def train_worker(plan: dict[str, Any]) -> None:
     logger = plan["logger"]
     logger.worker.remote(_worker_info(engine, cfg, rank))
 
-    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank)
+    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.get("start_from"), cfg)
     if rank == 0:
         print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
     total = plan["total_steps"]

@@ -98,3 +98,50 @@ def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, 
     assert done.stat().st_mtime == finished_at  # the finished trial was not trained again
     report = json.loads((sweep / "sweep.json").read_text())
     assert sorted(t["steps"] for t in report["trials"]) == [6, 6]
+
+
+def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(assets, tmp_path, local_ray):
+    """Two trials, one whose learning rate cannot learn: PBT replaces its model by a copy of the other's at a
+    scored checkpoint, and it goes on from there with its own (perturbed) learning rate."""
+    sweep = tmp_path / "pbt"
+    overrides = sft_overrides(
+        assets, sweep, "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-9]}}", "tune.num_samples=1",
+        "tune.scheduler=pbt", "tune.perturbation_interval=1", "tune.quantile_fraction=0.5", "tune.max_concurrent_trials=2",
+        "train.max_steps=20", "eval.every_steps=4", "checkpoint.every_steps=4", "eval.max_samples=8", "optim.decay=constant",
+    )  # fmt: skip
+    report = tune_run(load_config(None, overrides))
+
+    # The first copy always goes into the trial that cannot learn; later ones may go either way.
+    [weak] = [t for t in report["trials"] if t["exploits"] and float(t["exploits"][0]["replaced_overrides"]["optim.lr"]) == 1e-9]
+    [strong] = [t for t in report["trials"] if t is not weak]
+    first, last = weak["exploits"][0], weak["exploits"][-1]
+    assert first["from_trial"] == strong["trial_id"] and first["at_step"] % 4 == 0
+    assert first["donor_loss"] < first["replaced_loss"] - 0.3  # it was the weaker one when it was replaced
+
+    lines = [json.loads(x) for x in (Path(weak["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 21))  # the donor's steps up to the copy, then its own, once each
+    after = [r for r in lines if r["step"] > last["at_step"]]
+    # It continued from the copied weights (held-out loss far below what it had itself, to the end) ...
+    assert all(r["eval_loss"] < first["replaced_loss"] - 0.3 for r in after if "eval_loss" in r)
+    assert weak["metric"] < first["replaced_loss"] - 0.3
+    # ... with the learning rate PBT chose for it, not the one saved in the copied optimizer.
+    assert after[0]["lr"] == pytest.approx(float(last["overrides"]["optim.lr"]))
+    assert float(last["overrides"]["optim.lr"]) == pytest.approx(float(weak["overrides"]["optim.lr"]))
+    assert weak["steps"] == strong["steps"] == 20
+    # Once the sweep is over, each trial keeps at most its newest checkpoint.keep checkpoints, like any run
+    # (during it, every scored one was kept for PBT to clone), and the copies trials started from are gone.
+    for t in report["trials"]:
+        assert 1 <= len(list((Path(t["run_dir"]) / "checkpoints").glob("step_*"))) <= 2
+        assert not (Path(t["run_dir"]) / "pbt_start").exists()
+
+
+def test_pbt_refuses_settings_a_copied_checkpoint_cannot_take(assets, tmp_path):
+    cases = {
+        "tune.space={lora.rank: {type: choice, values: [4, 8]}}": "tune.space key 'lora.rank' cannot be tuned with tune.scheduler=pbt",
+        "checkpoint.every_steps=8": r"set checkpoint.every_steps \(now 8\) equal to eval.every_steps \(4\)",
+        "mode=rl|rl.rewards=[{type: exact_match, field: answer}]|tune.metric=mean_reward|tune.mode=max": "for rl use tune.scheduler=asha",
+    }
+    for override, message in cases.items():
+        args = _sweep_overrides(assets, tmp_path / "s", "tune.scheduler=pbt", "checkpoint.every_steps=4", *override.split("|"))
+        with pytest.raises(ConfigError, match=message):
+            check_tune(load_config(None, args))
