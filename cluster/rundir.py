@@ -6,6 +6,7 @@ A folder holding a different run is refused (and left untouched) unless `overwri
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -33,9 +34,24 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# A job sent by `hone submit` reads its files from Ray's copy of the job's working dir,
+# <session dir>/.../working_dir_files/_ray_pkg_<hash of the content>/. After a cluster restart the session
+# dir differs but the hash does not: the same submission is still the same run, changed files are not.
+_SHIPPED_PREFIX = re.compile(r"^.*/working_dir_files/(_ray_pkg_[0-9a-f]+/)")
+
+
+def _session_free(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SHIPPED_PREFIX.sub(r"\1", value)
+    if isinstance(value, list):
+        return [_session_free(v) for v in value]
+    return value
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    keys = a.keys() | b.keys()
+    return sorted(k for k in keys if k not in RESUMABLE_CHANGES and _session_free(a.get(k)) != _session_free(b.get(k)))
 
 
 def inspect(cfg: HoneConfig) -> tuple[Path, str]:

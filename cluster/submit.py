@@ -165,6 +165,8 @@ def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX
         shipment.remove()
     url = client._address
     print(f"hone: submitted job {job_id} to {url}: {entrypoint} ({len(shipment.files)} local paths shipped)")
+    # output_dir was resolved here; on the cluster it must be a path the job can write (shared storage).
+    print(f"hone: output_dir on the cluster: {raw['output_dir']}")
     if not args.wait:
         print(f"hone: follow it with: hone jobs logs {job_id} --follow --address {url}")
         return 0

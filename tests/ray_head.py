@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -28,7 +28,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @dataclass
 class Head:
     address: str  # the dashboard / Jobs API, http://127.0.0.1:PORT
-    token: str
+    token: str = field(repr=False)  # kept out of test failure output too
     process: subprocess.Popen
     temp_dir: str
 
@@ -48,30 +48,29 @@ class Head:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: range = range(0)) -> int:
+    """A port nothing listens on now, outside `avoid` (the range kept for Ray's workers)."""
+    while True:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def start_head(token: str, num_cpus: int = 2, timeout_s: float = 120.0) -> Head:
     # Unix socket paths have a ~107-character limit, so the temp dir is short and in /tmp.
     temp_dir = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
-    dashboard = free_port()
     low = random.randrange(30000, 60000, 200)
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--min-worker-port": low,
-        "--max-worker-port": low + 199,
-    }
+    workers = range(low, low + 200)
+    named = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port"]
+    named += ["--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+    named += ["--node-manager-port", "--object-manager-port"]
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(named):
+        ports = {flag: free_port(avoid=workers) for flag in named}
+    ports |= {"--min-worker-port": workers[0], "--max-worker-port": workers[-1]}
+    dashboard = ports["--dashboard-port"]
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
     cmd += [f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--include-dashboard=true"]
     cmd += [f"{flag}={port}" for flag, port in ports.items()]

@@ -20,3 +20,11 @@ def test_config_differences_ignore_settings_a_resume_may_change():
     old = {"optim": {"lr": 1.0}, "overwrite": False, "scaling": {"placement_timeout_s": 60, "num_workers": 1}}
     new = {"optim": {"lr": 2.0}, "overwrite": True, "scaling": {"placement_timeout_s": 5, "num_workers": 2}}
     assert config_differences(old, new) == ["optim.lr", "scaling.num_workers"]
+
+
+def test_a_resubmitted_job_is_the_same_run_after_a_cluster_restart():
+    def shipped(session: str, package: str) -> dict:
+        return {"data": {"train": [f"/tmp/ray/{session}/runtime_resources/working_dir_files/{package}/files/0-train.jsonl"]}}
+
+    assert config_differences(shipped("session_1", "_ray_pkg_ab12"), shipped("session_2", "_ray_pkg_ab12")) == []
+    assert config_differences(shipped("session_1", "_ray_pkg_ab12"), shipped("session_1", "_ray_pkg_cd34")) == ["data.train"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import secrets
@@ -109,6 +110,7 @@ def test_submit_wait_runs_the_config_on_the_cluster(head, finished_job):
     assert job["code"] == 0, job["output"][-3000:]
     assert f"hone: job {job['job_id']} SUCCEEDED" in job["output"]
     assert "held-out metric" in job["output"]  # --wait printed the run's own output as it came
+    assert f"hone: output_dir on the cluster: {job['run_dir']}" in job["output"]
     run_dir = job["run_dir"]
     assert (run_dir / "summary.json").exists() and (run_dir / "model" / "config.json").exists()
     # The job read the copies shipped in its working_dir, not this machine's files.
@@ -116,6 +118,7 @@ def test_submit_wait_runs_the_config_on_the_cluster(head, finished_job):
     [train] = saved["data"]["train"]
     assert train != str(job["config"].parent / "copy.jsonl") and train.endswith("files/0-copy.jsonl")
     assert saved["model"]["source"].endswith("files/1-llama")
+    assert re.search(r"/working_dir_files/_ray_pkg_[0-9a-f]+/files/", train)  # the form cluster/rundir.py relies on
     # Checkpoints went to the shared storage_path, in the run's own folder recorded in the run dir.
     [folder] = list(job["storage"].iterdir())
     assert folder.name.startswith("run-") and (folder / "step_0000004").is_dir()
@@ -161,19 +164,40 @@ def test_jobs_status_and_logs_show_the_run(head, finished_job, capsys, token_env
     assert code == 1 and "raysubmit_nosuchjob" in text
 
 
-def test_jobs_stop_ends_a_running_job(head, assets, tmp_path, capsys, token_env):
+def test_a_stopped_job_resubmitted_resumes_from_its_checkpoint_in_storage_path(head, assets, tmp_path, capsys, token_env):
     config = project(tmp_path / "project", assets)
-    out = tmp_path / "long"
-    code, text = hone(capsys, "submit", str(config), f"output_dir={out}", "train.max_steps=100000", "--address", head.address)
+    out, storage = tmp_path / "long", tmp_path / "shared"
+    argv = [
+        "submit",
+        str(config),
+        f"output_dir={out}",
+        f"scaling.storage_path={storage}",
+        "train.max_steps=60",
+        "checkpoint.every_steps=5",
+    ]
+    code, text = hone(capsys, *argv, "--address", head.address)
     assert code == 0, text
     [job_id] = [line.split()[3] for line in text.splitlines() if line.startswith("hone: submitted job ")]
-    deadline = time.monotonic() + 240
-    while not (out / "config.yaml").exists():  # the run has claimed its dir: it is training
+    deadline = time.monotonic() + 300
+    while not registered_checkpoints(storage):  # Ray Train registered a checkpoint: a resume can use it
         assert time.monotonic() < deadline, client(head).get_job_logs(job_id)[-3000:]
-        time.sleep(2)
+        assert client(head).get_job_status(job_id).value in ("PENDING", "RUNNING"), client(head).get_job_logs(job_id)[-3000:]
+        time.sleep(1)
     code, text = hone(capsys, "jobs", "stop", job_id, "--address", head.address)
     assert code == 0 and f"hone: job {job_id} STOPPED" in text
     assert client(head).get_job_status(job_id).value == "STOPPED"
+    assert not (out / "summary.json").exists()
+
+    code, text = hone(capsys, *argv, "--address", head.address, "--wait")
+    assert code == 0 and "SUCCEEDED" in text, text[-3000:]
+    assert re.search(r"\(resuming\)", text) and re.search(r"resumed from step (\d+)", text), text[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 60
+    assert len(list(storage.iterdir())) == 1  # the same run folder, found again through output_dir/storage.json
+
+
+def registered_checkpoints(storage: Path) -> list[str]:
+    snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
+    return [name for snap in snapshots for name in re.findall(r"step_\d+", snap.read_text())]
 
 
 def test_bad_input_fails_fast_and_creates_no_job(head, assets, tmp_path, capsys, token_env):
