@@ -45,6 +45,14 @@ class Head:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Only once the group is gone: a dying raylet could still write into the temp dir.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

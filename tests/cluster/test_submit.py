@@ -58,6 +58,7 @@ def test_files_under_a_shared_dir_are_not_shipped_and_big_files_are_refused(tmp_
     cfg = load_config(None, sft(tmp_path))
     shared = _Shipment(shared=[str(tmp_path)])
     assert ship_config(cfg, shared)["data"]["train"] == [str(tmp_path / "train.jsonl")] and shared.files == {}
+    shared.remove()
     shipment = _Shipment(shared=[])
     ship_config(cfg, shipment)
     with pytest.raises(
