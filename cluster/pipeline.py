@@ -26,13 +26,26 @@ from cluster.connect import ray_session
 from training.config import ConfigError, HoneConfig, apply_override, from_dict, read_raw, resolve_paths
 
 PREVIOUS = "previous"
-PIPELINE_KEYS = {"output_dir", "overwrite", "defaults", "stages"}
+PIPELINE_KEYS = {"output_dir", "overwrite", "defaults", "stages", "eval"}
+ANSWER_EVAL_KEYS = {"data", "max_new_tokens", "max_samples", "batch_size"}
 
 
 @dataclass
 class Stage:
     name: str
     config: HoneConfig  # model.source still says "previous" where it chains
+
+
+@dataclass
+class AnswerEval:
+    """The pipeline's own yardstick (`eval:` in the pipeline file): held-out questions with reference
+    answers, asked of the base model and of every stage's export. Stages measure different things (text
+    loss, answers, reward); this table measures one thing across all of them."""
+
+    data: str  # jsonl of messages / prompt_completion rows; optional `key_fact` and `group` fields
+    max_new_tokens: int = 24
+    max_samples: int = 0  # 0: every row
+    batch_size: int = 16
 
 
 def is_pipeline(path: str | Path | None) -> bool:
@@ -46,6 +59,29 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Path, li
     """The pipeline's output dir and its stages, each a validated config. Overrides address the pipeline
     file (`defaults.scaling.num_workers=4`, `output_dir=...`)."""
     path = Path(path)
+    return _stages(_read_pipeline(path, overrides), path)
+
+
+def load_answer_eval(path: str | Path, overrides: list[str] = ()) -> AnswerEval | None:  # type: ignore[assignment]
+    """The pipeline's `eval:` block, checked, with `data` resolved against the pipeline file; None if absent."""
+    path = Path(path)
+    block = _read_pipeline(path, overrides).get("eval")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or "data" not in block or set(block) - ANSWER_EVAL_KEYS:
+        raise ConfigError(
+            f"{path}: eval must be a mapping with data (a jsonl of held-out questions and answers) and optionally "
+            f"{', '.join(sorted(ANSWER_EVAL_KEYS - {'data'}))}; got {block!r}"
+        )
+    data = Path(str(block["data"])).expanduser()
+    spec = AnswerEval(**{**block, "data": str(data if data.is_absolute() else (path.parent / data).resolve())})
+    for key in ("max_new_tokens", "batch_size"):
+        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
+            raise ConfigError(f"{path}: eval.{key}={getattr(spec, key)!r} must be a whole number of 1 or more")
+    return spec
+
+
+def _read_pipeline(path: Path, overrides: list[str]) -> dict[str, Any]:
     raw = read_raw(path)
     for item in overrides:
         apply_override(raw, item)
@@ -55,6 +91,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Path, li
             f"{path}: {sorted(unknown)[0]!r} is not a pipeline key; a pipeline file holds {sorted(PIPELINE_KEYS)} "
             "and each stage's settings go inside its entry in stages (or in defaults for every stage)"
         )
+    return raw
+
+
+def _stages(raw: dict[str, Any], path: Path) -> tuple[Path, list[Stage]]:
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{path}: stages must be a non-empty list of stage config files or inline stage configs")
@@ -141,21 +181,74 @@ def run_pipeline(path: str | Path, overrides: list[str] = (), address: str | Non
 
     out, stages = load_pipeline(path, overrides)
     check_stages(stages)
+    answer_eval = load_answer_eval(path, overrides)
+    questions = check_answer_eval(answer_eval) if answer_eval else None
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: list[dict[str, Any]] = []
+    answers: dict[str, dict[str, float]] = {}
     with ray_session(address):
+        if answer_eval and questions:
+            answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
             print(f"\nhone: pipeline stage {index + 1}/{len(stages)}: {stage.name} ({cfg.mode}) -> {cfg.output_dir}", flush=True)
             summary = run(cfg, address)
             results.append(
                 {"name": stage.name, "mode": cfg.mode, "run_dir": str(Path(cfg.output_dir).resolve())} | {"eval": summary["eval"]}
             )
-            _write(out, stages, results)
+            if answer_eval and questions:
+                model = str(Path(cfg.output_dir).resolve() / "model")
+                answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, questions)
+            _write(out, stages, results, answers)
     print(format_pipeline_table(results))
-    return {"output_dir": str(out), "stages": results}
+    if answer_eval:
+        print(format_answers_table(answers, answer_eval))
+    return {"output_dir": str(out), "stages": results, "answers": answers}
 
 
-def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]]) -> None:
+def check_answer_eval(spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
+    """The eval questions, read and checked before anything trains: (format, rows)."""
+    from training.data import check_rows, detect_format, load_rows
+
+    rows = load_rows([spec.data])
+    fmt = detect_format(rows, "auto")
+    if fmt not in ("messages", "prompt_completion", "instruction"):
+        raise ConfigError(
+            f"eval.data {spec.data}: the pipeline's questions need answers to compare with (messages with an assistant "
+            f"turn, prompt/completion or instruction/output rows), but the rows are {fmt!r}"
+        )
+    check_rows(rows, fmt)
+    return fmt, rows[: spec.max_samples] if spec.max_samples else rows
+
+
+def _answers(
+    out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec: AnswerEval, questions: tuple[str, list[dict[str, Any]]]
+) -> dict[str, float]:
+    """One model's answers to the pipeline's questions, as a Ray task; cached in the pipeline dir, since a
+    finished stage's export never changes."""
+    import ray
+
+    from cluster.connect import worker_bundle
+    from training.evaluate import answer_metrics
+    from training.models import resolve_source
+
+    cache = out / "answers.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    if name in done:
+        return done[name]
+    raw = _asdict(cfg)
+    raw["mode"] = "sft"
+    raw["eval"] |= {"max_new_tokens": spec.max_new_tokens, "max_samples": 0, "batch_size": spec.batch_size}
+    eval_cfg = from_dict(raw)
+    print(f"hone: pipeline: {name}: answering {len(questions[1])} held-out questions ...", flush=True)
+    bundle = worker_bundle(cfg.scaling)
+    task = ray.remote(answer_metrics).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+    model = model_dir or resolve_source(cfg.model.source)
+    done[name] = ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))
+    cache.write_text(json.dumps(done, indent=2))
+    return done[name]
+
+
+def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]], answers: dict[str, dict[str, float]]) -> None:
     """pipeline.json: every stage, finished or not, so a report can be made at any point."""
     done = {r["name"] for r in results}
     rows = results + [
@@ -165,7 +258,7 @@ def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]]) -> Non
     ]
     for row in rows:
         row.setdefault("status", "finished")
-    (out / "pipeline.json").write_text(json.dumps({"stages": rows}, indent=2))
+    (out / "pipeline.json").write_text(json.dumps({"stages": rows, "answers": answers}, indent=2))
 
 
 def format_pipeline_table(results: list[dict[str, Any]]) -> str:
@@ -175,4 +268,21 @@ def format_pipeline_table(results: list[dict[str, Any]]) -> str:
         before, after = r["eval"]["before"], r["eval"]["after"]
         parts = ", ".join(f"{k} {before[k]:.4f} -> {after.get(k, float('nan')):.4f}" for k in before)
         lines.append(f"  {r['name']:<12} ({r['mode']}): {parts}")
+    return "\n".join(lines)
+
+
+def format_answers_table(answers: dict[str, dict[str, float]], spec: AnswerEval) -> str:
+    """Rows: the base model and each stage's export; columns: all questions, then each group; each cell
+    is exact match | contains the key fact, in percent."""
+    if not answers:
+        return ""
+    groups = sorted({k.split("/", 1)[1] for scores in answers.values() for k in scores if k.startswith("exact_match/")})
+    columns = [("all", "exact_match", "contains")] + [(g, f"exact_match/{g}", f"contains/{g}") for g in groups]
+    lines = [
+        f"\npipeline: answers to the held-out questions in {Path(spec.data).name}: exact match | contains the key fact (%)",
+        f"{'model':<22}" + "".join(f"{title:>20}" for title, _, _ in columns),
+    ]
+    for name, scores in answers.items():
+        cells = [f"{100 * scores.get(e, float('nan')):5.1f} | {100 * scores.get(c, float('nan')):5.1f}" for _, e, c in columns]
+        lines.append(f"{name:<22}" + "".join(f"{cell:>20}" for cell in cells))
     return "\n".join(lines)

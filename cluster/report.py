@@ -207,7 +207,8 @@ def plot_ranked(sweep: dict[str, Any]) -> Any:
 
 
 def report_pipeline(pipeline_dir: Path) -> list[Path]:
-    stages = json.loads((pipeline_dir / "pipeline.json").read_text())["stages"]
+    saved = json.loads((pipeline_dir / "pipeline.json").read_text())
+    stages, answers = saved["stages"], saved.get("answers") or {}
     print(f"# pipeline {pipeline_dir}: {len(stages)} stages")
     written: list[Path] = []
     for stage in stages:
@@ -220,7 +221,29 @@ def report_pipeline(pipeline_dir: Path) -> list[Path]:
     # The same side-by-side table `hone run pipeline.yaml` ends with, from each finished stage's summary.
     summaries = [(stage, _read_json(Path(stage["run_dir"]) / "summary.json")) for stage in stages]
     print(format_pipeline_table([stage | {"eval": summary["eval"]} for stage, summary in summaries if summary]))
+    if answers:
+        written.append(_save(plot_answers(answers), pipeline_dir / "answers.png"))
+        _print_written(written[-1:])
     return written
+
+
+def plot_answers(answers: dict[str, dict[str, float]]) -> Any:
+    """The pipeline's held-out questions: exact match and contains-the-key-fact per question group, for
+    the base model and after each stage, side by side."""
+    groups = sorted({k.split("/", 1)[1] for scores in answers.values() for k in scores if "/" in k}) or [""]
+    fig, axes = _figure(rows=2, cols=len(groups), size=(max(4.5 * len(groups), 6.0), 7))
+    for row, metric in enumerate(("exact_match", "contains")):
+        for ax, group in zip(axes[row], groups, strict=True):
+            key = f"{metric}/{group}" if group else metric
+            values = [100 * scores.get(key, math.nan) for scores in answers.values()]
+            bars = ax.bar(list(answers), [0.0 if math.isnan(v) else v for v in values], color="tab:blue")
+            ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize="small")
+            ax.set_ylim(0, 105)
+            ax.set_ylabel("%")
+            ax.set_title(f"{metric} {group}".strip())
+            ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle("held-out questions: base model and after each stage")
+    return fig
 
 
 # -- drawing ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Create or reuse the project's .venv, install everything, then run the quickstart or the tests.
 
-    python3 scripts/dev.py quickstart   # a real fine-tuning run on the embedded local Ray cluster
+    python3 scripts/dev.py quickstart   # the main job: SmolLM2 learns a company handbook (pretrain, sft, rl) on CPU
     python3 scripts/dev.py test         # ruff, mypy and the pytest suite
 
 Only the standard library is used here, so this runs on a bare Python 3.10+.
@@ -55,7 +55,10 @@ def main() -> int:
     install()
     env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")} if not _has_gpu() else {}
     if what == "quickstart":
-        sh(BIN / "hone", "run", "examples/quickstart/sft.yaml", f"model.source={_smollm2_gguf()}", *sys.argv[2:], env=env)
+        # The main job: pretrain -> sft -> rl of SmolLM2 on examples/handbook, then its plots.
+        gguf = f"defaults.model.source={_smollm2_gguf()}"
+        sh(BIN / "hone", "run", "examples/handbook/pipeline.yaml", gguf, *sys.argv[2:], env=env)
+        sh(BIN / "hone", "report", "runs/handbook", env=env)
         return 0
     sh(BIN / "ruff", "check", ".")
     sh(BIN / "ruff", "format", "--check", ".")

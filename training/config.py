@@ -330,13 +330,30 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r} must look like key=value, for example optim.lr=1e-5")
     key, _, text = item.partition("=")
     value = yaml.safe_load(text) if text else ""
-    node = raw
+    node: Any = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        node = _list_entry(node, part, item) if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
             raise ConfigError(f"override {item!r}: {part} is not a section")
+    if isinstance(node, list):
+        raise ConfigError(
+            f"override {item!r}: {parts[-2]} is a list; replace it whole ({parts[-2]}=[...]) or address an entry's key"
+        )
     node[parts[-1]] = value
+
+
+def _list_entry(entries: list[Any], part: str, item: str) -> Any:
+    """A list entry named by its index or, for a pipeline's inline stages, its `name`: stages.sft.optim.lr=1e-4."""
+    if part.isdigit() and int(part) < len(entries):
+        return entries[int(part)]
+    named = [e for e in entries if isinstance(e, dict) and str(e.get("name", e.get("mode"))) == part]
+    if len(named) == 1:
+        return named[0]
+    names = [str(e.get("name", e.get("mode"))) if isinstance(e, dict) else repr(e) for e in entries]
+    raise ConfigError(
+        f"override {item!r}: no entry {part!r} in that list; its entries are {names} (or indices 0-{len(entries) - 1})"
+    )
 
 
 def build(cls: type, raw: Any, prefix: str) -> Any:

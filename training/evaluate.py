@@ -32,6 +32,13 @@ def evaluate_model(
     return {"loss": loss, **generation_metrics(model, tokenizer, rows, fmt, cfg)}
 
 
+def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -> dict[str, float]:
+    """Greedy answers to held-out questions, scored as sft's evaluation scores them (exact_match, contains,
+    per group): the one yardstick a pipeline applies to its base model and to every stage's export."""
+    tokenizer, model = _load(cfg, model_dir, "causal")
+    return generation_metrics(model, tokenizer, rows, fmt, cfg)
+
+
 def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
     import torch
 

@@ -113,6 +113,20 @@ def main():
         else:
             errors.append(f"heldout row {i}: unknown group {r['group']!r}")
 
+    # heldout_eval.jsonl is the same questions as chat rows, the form hone's pipeline eval reads.
+    chat = load("heldout_eval.jsonl")
+    as_chat = [
+        {
+            "messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}],
+            "key_fact": r["key_fact"],
+            "group": r["group"],
+            "fact": r["fact"],
+        }
+        for r in heldout
+    ]
+    if chat != as_chat:
+        errors.append("heldout_eval.jsonl is not heldout.jsonl as chat rows; regenerate it from heldout.jsonl")
+
     for fid in sorted(only):
         if fid in trained or fid in rl_facts:
             errors.append(f"{fid}: handbook_only fact appears in train_qa or rl_prompts")

@@ -61,3 +61,18 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_overrides_reach_into_a_pipelines_stages_by_name_or_index():
+    from training.config import apply_override
+
+    raw = {"stages": [{"name": "pretrain", "train": {"num_epochs": 2}}, "sft.yaml", {"mode": "rl"}]}
+    apply_override(raw, "stages.pretrain.train.num_epochs=1")
+    apply_override(raw, "stages.rl.train.max_steps=2")  # an unnamed stage goes by its mode
+    apply_override(raw, "stages.0.optim.lr=0.0001")
+    assert raw["stages"][0] == {"name": "pretrain", "train": {"num_epochs": 1}, "optim": {"lr": 1e-4}}
+    assert raw["stages"][2] == {"mode": "rl", "train": {"max_steps": 2}}
+    with pytest.raises(ConfigError, match=r"no entry 'sfx' in that list; its entries are \['pretrain', \"'sft.yaml'\", 'rl'\]"):
+        apply_override(raw, "stages.sfx.optim.lr=1")
+    with pytest.raises(ConfigError, match="1 is not a section"):
+        apply_override(raw, "stages.1.optim.lr=1")  # a stage given as a file is changed in that file

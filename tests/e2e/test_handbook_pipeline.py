@@ -1,0 +1,94 @@
+"""The main job's pipeline (examples/handbook/pipeline.yaml) run by the same code on a tiny model and a
+cut-down handbook: every stage starts from the previous stage's export, and the held-out question table
+has the base model and every stage, per question group."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.cli import main
+from cluster.pipeline import load_answer_eval
+from tests.tiny import write_jsonl
+from training.config import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "handbook"
+
+
+def _cut_down(tmp_path: Path) -> Path:
+    """The example's files, the same pipeline.yaml, with a few rows of each and two short chapters."""
+    root = tmp_path / "handbook"
+    (root / "handbook").mkdir(parents=True)
+    for chapter in ("01_welcome.md", "09_at_a_glance.md"):
+        (root / "handbook" / chapter).write_text((EXAMPLE / "handbook" / chapter).read_text()[:1500])
+    for name, count in (("train_qa.jsonl", 24), ("rl_prompts.jsonl", 24)):
+        write_jsonl(root / name, _rows(EXAMPLE / name)[:count])
+    heldout = _rows(EXAMPLE / "heldout_eval.jsonl")
+    write_jsonl(
+        root / "heldout_eval.jsonl",
+        [r for r in heldout if r["group"] == "paraphrase"][:4] + [r for r in heldout if r["group"] == "handbook_only"][:4],
+    )
+    for name in ("pipeline.yaml", "rewards.py"):
+        shutil.copy(EXAMPLE / name, root / name)
+    return root / "pipeline.yaml"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_the_handbook_pipeline_chains_three_stages_and_tables_every_model(assets, tmp_path, local_ray, capsys):
+    pipeline = _cut_down(tmp_path)
+    out = tmp_path / "out"
+    overrides = [
+        f"output_dir={out}",
+        f"defaults.model.source={assets['llama']}",
+        "defaults.scaling.cpus_per_worker=1",
+        "stages.pretrain.train.micro_batch_per_device=2",
+        "stages.sft.train.num_epochs=1",
+        "stages.rl.train.max_steps=2",
+    ]
+    assert main(["run", str(pipeline), *overrides]) == 0
+    printed = capsys.readouterr().out
+
+    saved = json.loads((out / "pipeline.json").read_text())
+    stages = saved["stages"]
+    assert [s["name"] for s in stages] == ["pretrain", "sft", "rl"] and [s["status"] for s in stages] == ["finished"] * 3
+    for previous, stage in zip(stages[:-1], stages[1:], strict=True):
+        config = yaml.safe_load((Path(stage["run_dir"]) / "config.yaml").read_text())
+        assert config["model"]["source"] == str(Path(previous["run_dir"]) / "model")  # starts from the last export
+
+    answers = saved["answers"]
+    assert list(answers) == ["base", "after pretrain", "after sft", "after rl"]
+    for scores in answers.values():
+        for metric in ("exact_match", "contains"):
+            for group in ("paraphrase", "handbook_only"):
+                assert 0.0 <= scores[f"{metric}/{group}"] <= 1.0
+    table = printed[printed.index("pipeline: answers to the held-out questions") :]
+    for row in answers:
+        assert f"\n{row}" in table
+    assert "paraphrase" in table and "handbook_only" in table
+
+    # `hone report` on the pipeline draws the same table as bars.
+    assert main(["report", str(out)]) == 0
+    png = (out / "answers.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_a_pipeline_eval_without_answers_is_refused_before_training(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"text": "What is the VPN called?"}])
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump({"eval": {"data": "q.jsonl"}, "stages": [{"mode": "sft", "data": {"train": [str(questions)]}}]})
+    )
+    from cluster.pipeline import check_answer_eval
+
+    with pytest.raises(ConfigError, match=r"q.jsonl: the pipeline's questions need answers"):
+        check_answer_eval(load_answer_eval(path))
+    path.write_text(yaml.safe_dump({"eval": {"data": "q.jsonl", "top_k": 3}, "stages": []}))
+    with pytest.raises(ConfigError, match="eval must be a mapping with data"):
+        load_answer_eval(path)
