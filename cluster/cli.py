@@ -84,21 +84,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from cluster.pipeline import check_stages, load_pipeline, run_pipeline
+    from cluster.pipeline import check_answer_eval, check_stages, load_answer_eval, load_pipeline, run_pipeline
 
     if args.command == "run":
         run_pipeline(args.config, args.overrides, address=args.address)
         return 0
     out, stages = load_pipeline(args.config, args.overrides)
     check_stages(stages)
+    answer_eval = load_answer_eval(args.config, args.overrides)
+    if answer_eval:
+        check_answer_eval(answer_eval)
     print(f"# pipeline -> {out}")
     for index, stage in enumerate(stages):
         c = stage.config
         print(f"stage {index + 1}: {stage.name:<12} mode {c.mode:<8} model {c.model.source:<40} -> {c.output_dir}")
+    if answer_eval:
+        print(f"eval:    every model answers the questions in {answer_eval.data}")
     if args.command == "submit":
         from cluster.submit import submit_pipeline
 
-        return submit_pipeline(args, out, stages)
+        return submit_pipeline(args, out, stages, answer_eval)
     return 0
 
 

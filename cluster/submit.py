@@ -20,6 +20,7 @@ the job gets only its working_dir. WANDB_API_KEY and the like come from the clus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -133,15 +134,19 @@ def submit_config(args: argparse.Namespace, cfg: HoneConfig) -> int:
     return _submit(args, command, lambda shipment: ship_config(cfg, shipment))
 
 
-def submit_pipeline(args: argparse.Namespace, out: Path, stages: list[Any]) -> int:
-    return _submit(args, "run", lambda shipment: ship_pipeline(out, stages, shipment))
+def submit_pipeline(args: argparse.Namespace, out: Path, stages: list[Any], answer_eval: Any = None) -> int:
+    return _submit(args, "run", lambda shipment: ship_pipeline(out, stages, shipment, answer_eval))
 
 
-def ship_pipeline(out: Path, stages: list[Any], shipment: _Shipment) -> dict[str, Any]:
+def ship_pipeline(out: Path, stages: list[Any], shipment: _Shipment, answer_eval: Any = None) -> dict[str, Any]:
     """A pipeline ships as one pipeline file with every stage inline, its paths rewritten
-    (`model.source: previous` stays: it names the previous stage's export on the cluster)."""
+    (`model.source: previous` stays: it names the previous stage's export on the cluster), and its
+    `eval:` questions file with it."""
     shipped = [{"name": s.name, **ship_config(s.config, shipment)} for s in stages]
-    return {"output_dir": str(out.expanduser().resolve()), "stages": shipped}
+    raw: dict[str, Any] = {"output_dir": str(out.expanduser().resolve()), "stages": shipped}
+    if answer_eval:
+        raw["eval"] = dataclasses.asdict(answer_eval) | {"data": shipment.add(answer_eval.data, "eval.data")}
+    return raw
 
 
 def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX_SHIP_BYTES) -> int:

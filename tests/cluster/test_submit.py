@@ -138,7 +138,7 @@ def test_each_run_gets_its_own_checkpoint_folder_under_storage_path(tmp_path):
 
 def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(tmp_path):
     """What the job does with the working dir: load the shipped file, whose paths resolve inside it."""
-    from cluster.pipeline import chained, load_pipeline
+    from cluster.pipeline import AnswerEval, chained, check_answer_eval, load_answer_eval, load_pipeline
 
     overrides = sft(tmp_path)
     stages = [
@@ -147,7 +147,10 @@ def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(
     ]
     for name, build in (
         ("config", lambda shipment: ship_config(stages[0].config, shipment)),
-        ("pipeline", lambda shipment: ship_pipeline(tmp_path / "pipe", stages, shipment)),
+        (
+            "pipeline",
+            lambda shipment: ship_pipeline(tmp_path / "pipe", stages, shipment, AnswerEval(str(tmp_path / "train.jsonl"))),
+        ),
     ):
         shipment = _Shipment(shared=[])
         raw = build(shipment)
@@ -162,6 +165,9 @@ def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(
                 assert out == tmp_path / "pipe" and [s.name for s in shipped] == ["first", "second"]
                 loaded = chained(shipped)
                 assert loaded[1].model.source == str(tmp_path / "run" / "model")
+                questions = load_answer_eval(shipment.root / "config.yaml")  # the pipeline's eval: file travels too
+                assert questions and Path(questions.data).parent == shipment.root / SHIPPED
+                assert check_answer_eval(questions)[0] == "prompt_completion"
             assert loaded[0].data.train == [str(shipment.root / SHIPPED / "0-train.jsonl")]
             assert (shipment.root / SHIPPED / "0-train.jsonl").read_text().startswith('{"prompt"')
         finally:
