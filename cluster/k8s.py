@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
-from cluster.pipeline import PREVIOUS, is_pipeline, load_pipeline
+from cluster.pipeline import PREVIOUS, check_answer_eval, is_pipeline, load_answer_eval, load_pipeline
 from training.config import HoneConfig, RewardSpec, load_config, to_dict
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
@@ -69,10 +69,14 @@ class K8sError(ValueError):
 def render(config: str | Path, overrides: list[str], opts: RenderOptions, header: str = "") -> str:
     """The manifests for one config, as YAML text. Everything is checked before anything is returned."""
     _check_options(opts)
+    answer_eval = None
     if is_pipeline(config):
         out, stages = load_pipeline(config, overrides)
         configs = [(stage.name, stage.config) for stage in stages]
         command = "run"
+        answer_eval = load_answer_eval(config, overrides)
+        if answer_eval:
+            check_answer_eval(answer_eval)
     else:
         cfg = load_config(config, overrides)
         configs = [("", cfg)]
@@ -81,7 +85,12 @@ def render(config: str | Path, overrides: list[str], opts: RenderOptions, header
     name = _job_name(opts.name or f"hone-{configs[0][1].mode}-{out.name}", explicit=bool(opts.name))
     bundle = Bundle(opts.runs_mount)
     shipped = [(stage, ship_config(cfg, bundle, opts, out if stage else None)) for stage, cfg in configs]
-    text = _config_text(shipped, opts, out)
+    extra: dict[str, Any] = {}
+    if answer_eval:  # the pipeline's held-out questions travel with its stages' data
+        questions = Path(answer_eval.data)
+        data = bundle.add(questions, f"{out.name}/eval/{questions.name}", "eval.data")
+        extra["eval"] = dataclasses.asdict(answer_eval) | {"data": data}
+    text = _config_text(shipped, opts, out, extra)
     groups = plan_groups([cfg for _, cfg in configs], opts, tune=command == "tune")
     docs = [
         config_map(name, text, {key: content for key, (_, content) in bundle.files.items()}),
@@ -224,13 +233,13 @@ def _reward_module(spec: dict[str, Any], index: int, bundle: Bundle) -> str:
     )
 
 
-def _config_text(shipped: list[tuple[str, dict[str, Any]]], opts: RenderOptions, out: Path) -> str:
+def _config_text(shipped: list[tuple[str, dict[str, Any]]], opts: RenderOptions, out: Path, extra: dict[str, Any]) -> str:
     defaults = to_dict(HoneConfig())
     if len(shipped) == 1 and not shipped[0][0]:
         return yaml.safe_dump(_changed(shipped[0][1], defaults), sort_keys=False)
     # A pipeline goes as one file with every stage inline and resolved; `name` keeps its run dir.
     stages = [{"name": name, **_changed(raw, defaults)} for name, raw in shipped]
-    return yaml.safe_dump({"output_dir": f"{opts.runs_mount}/{out.name}", "stages": stages}, sort_keys=False)
+    return yaml.safe_dump({"output_dir": f"{opts.runs_mount}/{out.name}", **extra, "stages": stages}, sort_keys=False)
 
 
 def _changed(raw: dict[str, Any], defaults: dict[str, Any], top: bool = True) -> dict[str, Any]:

@@ -126,6 +126,7 @@ def test_pipeline_ships_every_stage_inline(tmp_path: Path) -> None:
             {
                 "output_dir": "runs/chain",
                 "defaults": {"model": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
+                "eval": {"data": "qa.jsonl", "max_new_tokens": 8},
                 "stages": [
                     {"name": "sft", "mode": "sft", "data": {"train": ["qa.jsonl"]}},
                     {
@@ -144,6 +145,9 @@ def test_pipeline_ships_every_stage_inline(tmp_path: Path) -> None:
     assert config["output_dir"] == "/mnt/runs/chain"
     assert [s["output_dir"] for s in config["stages"]] == ["/mnt/runs/chain/1-sft", "/mnt/runs/chain/2-more"]
     assert config["stages"][1]["model"]["source"] == "previous"
+    assert config["eval"]["data"].startswith(f"{JOB_DIR}/") and config["eval"]["max_new_tokens"] == 8  # its questions too
+    items = docs["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"][1]["configMap"]["items"]
+    assert config["eval"]["data"] in [f"{JOB_DIR}/{item['path']}" for item in items]
     assert groups(docs)["cpu"]["cpu"] == 2  # sized for the larger stage (two 1-CPU workers in one pod)
 
 
