@@ -201,7 +201,7 @@ def run_pipeline(path: str | Path, overrides: list[str] = (), address: str | Non
             _write(out, stages, results, answers)
     print(format_pipeline_table(results))
     if answer_eval:
-        print(format_answers_table(answers, answer_eval))
+        print(format_answers_table(answers, Path(answer_eval.data).name))
     return {"output_dir": str(out), "stages": results, "answers": answers}
 
 
@@ -271,7 +271,7 @@ def format_pipeline_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_answers_table(answers: dict[str, dict[str, float]], spec: AnswerEval) -> str:
+def format_answers_table(answers: dict[str, dict[str, float]], source: str = "") -> str:
     """Rows: the base model and each stage's export; columns: all questions, then each group; each cell
     is exact match | contains the key fact, in percent."""
     if not answers:
@@ -279,7 +279,7 @@ def format_answers_table(answers: dict[str, dict[str, float]], spec: AnswerEval)
     groups = sorted({k.split("/", 1)[1] for scores in answers.values() for k in scores if k.startswith("exact_match/")})
     columns = [("all", "exact_match", "contains")] + [(g, f"exact_match/{g}", f"contains/{g}") for g in groups]
     lines = [
-        f"\npipeline: answers to the held-out questions in {Path(spec.data).name}: exact match | contains the key fact (%)",
+        f"\npipeline: answers to the held-out questions{' in ' + source if source else ''}: exact match | contains the key fact (%)",
         f"{'model':<22}" + "".join(f"{title:>20}" for title, _, _ in columns),
     ]
     for name, scores in answers.items():

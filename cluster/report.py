@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cluster.pipeline import format_pipeline_table
+from cluster.pipeline import format_answers_table, format_pipeline_table
 from cluster.run import format_table
 
 
@@ -222,6 +222,7 @@ def report_pipeline(pipeline_dir: Path) -> list[Path]:
     summaries = [(stage, _read_json(Path(stage["run_dir"]) / "summary.json")) for stage in stages]
     print(format_pipeline_table([stage | {"eval": summary["eval"]} for stage, summary in summaries if summary]))
     if answers:
+        print(format_answers_table(answers))
         written.append(_save(plot_answers(answers), pipeline_dir / "answers.png"))
         _print_written(written[-1:])
     return written
