@@ -12,6 +12,8 @@ from typing import Any
 
 import ray
 
+from cluster.rundir import read_jsonl
+
 
 @ray.remote(num_cpus=0)
 class RunLog:
@@ -39,9 +41,7 @@ class MetricsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lines: list[dict[str, Any]] = []
-        if path.exists():
-            self.lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self.lines: list[dict[str, Any]] = read_jsonl(path)
 
     def keep_until(self, step: int) -> None:
         if any(r["step"] > step for r in self.lines):

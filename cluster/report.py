@@ -17,6 +17,7 @@ from typing import Any
 
 from cluster.pipeline import format_answers_table, format_pipeline_table
 from cluster.run import format_table
+from cluster.rundir import read_json, read_jsonl
 
 
 class ReportError(RuntimeError):
@@ -42,18 +43,11 @@ def report(path: str | Path) -> list[Path]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def report_run(run_dir: Path) -> list[Path]:
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     metrics = read_metrics(run_dir)
     state = f"{summary['mode']}, finished" if summary else "in progress (no summary.json yet)"
     print(f"# run {run_dir}: {state}, {len(metrics)} steps logged")
@@ -219,7 +213,7 @@ def report_pipeline(pipeline_dir: Path) -> list[Path]:
         except ReportError:
             print(f"nothing to report yet in {run_dir}")
     # The same side-by-side table `hone run pipeline.yaml` ends with, from each finished stage's summary.
-    summaries = [(stage, _read_json(Path(stage["run_dir"]) / "summary.json")) for stage in stages]
+    summaries = [(stage, read_json(Path(stage["run_dir"]) / "summary.json")) for stage in stages]
     print(format_pipeline_table([stage | {"eval": summary["eval"]} for stage, summary in summaries if summary]))
     if answers:
         print(format_answers_table(answers))

@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.connect import ray_session
 from cluster.progress import MetricsFile
-from cluster.rundir import claim, inspect
+from cluster.rundir import claim, inspect, read_json
 from cluster.tracking import Tracker
 from cluster.tune import report_rl_step
 from rl.controller import Controller, reserve_roles
@@ -57,8 +57,7 @@ def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
 
 def _cached_eval_before(run_dir: Path) -> dict[str, float] | None:
     # The base policy's evaluation is kept so a resumed run does not pay for it twice.
-    path = run_dir / "eval_before.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(run_dir / "eval_before.json")
 
 
 class _Progress:

@@ -20,6 +20,16 @@ from training.config import HoneConfig, to_dict, to_yaml
 RESUMABLE_CHANGES = {"overwrite", "scaling.placement_timeout_s", "scaling.max_failures"}
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file a run wrote, or None where it has not been written (yet)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSONL file a run appends to (metrics.jsonl, exploits.jsonl), or [] where it has not started."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 class RunDirError(RuntimeError):
     """The output dir cannot be used for this run; nothing in it was changed."""
 

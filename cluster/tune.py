@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from cluster.connect import ray_session
+from cluster.rundir import claim, read_json, read_jsonl
 from training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
 
 # The eval metrics each mode reports (summary.json eval.after); those marked live are also reported
@@ -370,7 +371,7 @@ def _start_checkpoint(cfg: HoneConfig, run_dir: Path, params: dict[str, Any]) ->
     with checkpoint.as_directory() as folder:
         pointer = json.loads((Path(folder) / POINTER).read_text())
     clone = {"pointer": pointer, "overrides": params}
-    if Path(pointer["run_dir"]) == run_dir or _read_json(start / CLONE_RECORD) == clone:
+    if Path(pointer["run_dir"]) == run_dir or read_json(start / CLONE_RECORD) == clone:
         return str(start) if start.is_dir() else None  # its own run, or a clone already made
     _clone(cfg, run_dir, pointer, clone)
     return str(start)
@@ -379,11 +380,9 @@ def _start_checkpoint(cfg: HoneConfig, run_dir: Path, params: dict[str, Any]) ->
 def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[str, Any]) -> None:
     """Replace this trial's run by the donor's state at its scored checkpoint: PBT's exploit step. The
     replaced run's last score and step go to exploits.jsonl; metrics.jsonl continues the donor's."""
-    from cluster.rundir import claim
-
     donor = Path(pointer["run_dir"])
-    history = _read_jsonl(run_dir / EXPLOITS)
-    own = _read_jsonl(run_dir / "metrics.jsonl")
+    history = read_jsonl(run_dir / EXPLOITS)
+    own = read_jsonl(run_dir / "metrics.jsonl")
     own_loss = next((r["eval_loss"] for r in reversed(own) if "eval_loss" in r), None)
     saved = _read_yaml(run_dir / "config.yaml")
     own_overrides = {key: _get_dotted(saved, key) for key in clone["overrides"]} if saved else {}
@@ -400,7 +399,7 @@ def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[
     for name in ("eval_before.json", "reference_logps.json"):  # the same base model and pairs in every trial
         if (donor / name).exists():
             shutil.copy2(donor / name, run_dir / name)
-    lineage = [r for r in _read_jsonl(donor / "metrics.jsonl") if r["step"] <= pointer["step"]]
+    lineage = [r for r in read_jsonl(donor / "metrics.jsonl") if r["step"] <= pointer["step"]]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lineage))
     history.append(
         {
@@ -417,10 +416,6 @@ def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[
     print(
         f"hone: pbt: {run_dir.name} continues from {donor.name} at step {pointer['step']} with {clone['overrides']}", flush=True
     )
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -450,10 +445,6 @@ def _get_dotted(tree: dict[str, Any], key: str) -> Any:
     return tree
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _write_sweep(cfg: HoneConfig, sweep: Path, results: Any) -> dict[str, Any]:
     t = cfg.tune
     trials = []
@@ -473,11 +464,7 @@ def _write_sweep(cfg: HoneConfig, sweep: Path, results: Any) -> dict[str, Any]:
 
 
 def _trial_row(cfg: HoneConfig, params: dict[str, Any], run_dir: Path | None, result: Any) -> dict[str, Any]:
-    metrics_file = run_dir / "metrics.jsonl" if run_dir else None
-    steps = 0
-    if metrics_file and metrics_file.exists():
-        lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-        steps = max((r["step"] for r in lines), default=0)
+    steps = max((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")), default=0) if run_dir else 0
     finished = bool(run_dir and (run_dir / "summary.json").exists())
     last = result.metrics or {}
     value = last.get(cfg.tune.metric, last.get(LIVE_KEY.get(cfg.tune.metric, ""), float("nan")))
@@ -488,7 +475,7 @@ def _trial_row(cfg: HoneConfig, params: dict[str, Any], run_dir: Path | None, re
         "steps": steps,
         "metric": float(value) if value is not None else float("nan"),
         "stopped_early": not finished and result.error is None,
-        "exploits": _read_jsonl(run_dir / EXPLOITS) if run_dir else [],
+        "exploits": read_jsonl(run_dir / EXPLOITS) if run_dir else [],
         "status": "ERROR" if result.error is not None else ("TERMINATED" if finished else "STOPPED"),
     }
 

@@ -74,5 +74,19 @@ def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
         )
 
     params = [p for p in model.parameters() if p.requires_grad]
+    _skip_cpu_inference_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
     return engine
+
+
+def _skip_cpu_inference_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce op.
+
+    That op serves only `inference_all_reduce`, which training never calls. Loading it takes a file lock
+    under ~/.cache/torch_extensions in every process, even when it is already built; a process killed
+    while holding it (a stopped job, a Ray worker shut down mid-build) leaves the lock behind, and every
+    later run on that machine then waits on it forever inside `deepspeed.initialize`.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
