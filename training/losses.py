@@ -24,6 +24,22 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss_sum, (shift_labels != IGNORE).sum()
 
 
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions t whose next token labels[:, t + 1] is a target in any row of the batch: the only
+    places a causal LM's logits are needed. For sft rows that end in a short answer this is a small part
+    of the sequence, and the vocabulary projection and its softmax are a large part of a small model's step."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(-1)
+
+
+def kept_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_lm_loss_sum` for logits computed at `positions` only (logits[:, k] is position positions[k])."""
+    targets = labels[:, positions + 1]
+    loss_sum = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss_sum, (targets != IGNORE).sum()
+
+
 def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy on the masked positions only (no shift: each position predicts itself)."""
     loss_sum = F.cross_entropy(

@@ -2,7 +2,16 @@ import math
 
 import torch
 
-from training.losses import IGNORE, causal_lm_loss_sum, lr_multiplier, mask_tokens, masked_lm_loss_sum, mean_loss
+from training.losses import (
+    IGNORE,
+    causal_lm_loss_sum,
+    kept_lm_loss_sum,
+    lr_multiplier,
+    mask_tokens,
+    masked_lm_loss_sum,
+    mean_loss,
+    target_positions,
+)
 
 
 def test_causal_loss_matches_hand_computation():
@@ -22,6 +31,21 @@ def test_ignored_labels_count_for_nothing():
     loss_sum, n = causal_lm_loss_sum(logits, labels)
     assert int(n) == 0 and float(loss_sum) == 0.0
     assert float(mean_loss(loss_sum, n)) == 0.0
+
+
+def test_loss_on_kept_positions_equals_the_full_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 11)
+    labels = torch.full((3, 9), IGNORE)
+    labels[0, 6:] = torch.tensor([1, 2, 3])  # answers at different places in each row, like sft rows
+    labels[1, 3:5] = torch.tensor([4, 5])
+    labels[2, 8] = 6
+    positions = target_positions(labels)
+    assert positions.tolist() == [2, 3, 5, 6, 7]  # position t predicts labels[:, t + 1]
+    kept = kept_lm_loss_sum(logits[:, positions], labels, positions)
+    full = causal_lm_loss_sum(logits, labels)
+    assert int(kept[1]) == int(full[1]) == 6
+    assert torch.isclose(kept[0], full[0])
 
 
 def test_masked_loss_uses_unshifted_positions():

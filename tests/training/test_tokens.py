@@ -94,3 +94,35 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
         packed = forward_loss_sum(model, collate(pack(examples, 32), tok.pad_token_id), "causal")
     assert int(unpacked[1]) == int(packed[1])
     assert torch.isclose(unpacked[0], packed[0], rtol=1e-5)
+
+
+def test_sft_loss_from_kept_logits_matches_full_logits_through_lora(tmp_path):
+    """forward_loss_sum asks the model for logits only where a target is predicted: the loss and the
+    LoRA gradients must be those of the full-logits loss."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import copy_rows, make_causal_model
+    from training.config import LoraConfig
+    from training.forward import forward_loss_sum, takes_logits_to_keep
+    from training.losses import causal_lm_loss_sum
+    from training.models import add_lora
+
+    tok = make_tokenizer()
+    model = add_lora(AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")), LoraConfig(dropout=0.0), "causal")
+    assert takes_logits_to_keep(model)
+    rows = [{**r, "_source": str(i)} for i, r in enumerate(copy_rows(6, seed=3, min_len=2, max_len=9))]
+    batch = collate(build_supervised(rows, "prompt_completion", tok, max_seq_len=64)[0], tok.pad_token_id)
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(loss_sum, n):
+        (loss_sum / n).backward()
+        grads = [p.grad.clone() for p in lora]
+        model.zero_grad()
+        return loss_sum.detach(), grads
+
+    kept = loss_and_grads(*forward_loss_sum(model, batch, "causal"))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    full = loss_and_grads(*causal_lm_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"]))
+    assert torch.isclose(kept[0], full[0], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(kept[1], full[1], strict=True))
+    assert any(float(g.abs().sum()) > 0 for g in kept[1])
