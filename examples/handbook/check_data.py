@@ -81,8 +81,10 @@ def main():
     for i, r in enumerate(rl, 1):
         f = ref("rl_prompts", i, r)
         q = norm(r["messages"][0]["content"])
-        if q in train_q:
-            errors.append(f"rl_prompts row {i}: question repeats a training question")
+        # The RL prompts are the third SFT wording of each trained fact: RL practises, by sampling, the
+        # answers SFT taught.
+        if q not in train_q:
+            errors.append(f"rl_prompts row {i}: question is not one of the train_qa questions")
         rl_q.add(q)
         if f:
             rl_facts.add(f["id"])
