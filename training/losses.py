@@ -16,12 +16,7 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     Position t predicts labels[t + 1]; tokens labelled -100 (prompts, padding) count for nothing.
     Returning the sum and the count lets callers average over a batch or over many ranks exactly.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss_sum, (shift_labels != IGNORE).sum()
+    return masked_lm_loss_sum(logits[:, :-1, :], labels[:, 1:])
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -33,15 +28,12 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def kept_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`causal_lm_loss_sum` for logits computed at `positions` only (logits[:, k] is position positions[k])."""
-    targets = labels[:, positions + 1]
-    loss_sum = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss_sum, (targets != IGNORE).sum()
+    return masked_lm_loss_sum(logits, labels[:, positions + 1])
 
 
 def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy on the masked positions only (no shift: each position predicts itself)."""
+    """Summed cross-entropy where labels are not IGNORE, each position predicting its own label: the
+    masked-LM loss, and the causal losses above once they have lined logits up with next tokens."""
     loss_sum = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
