@@ -121,7 +121,7 @@ def mean_after_warmup(values: list[float]) -> float:
 
 
 def hone_config(workdir: Path, steps: int, asynchronous: bool) -> Any:
-    from training.config import load_config
+    from hone.training.config import load_config
 
     overrides = {
         "mode": "rl",
@@ -157,7 +157,7 @@ def hone_config(workdir: Path, steps: int, asynchronous: bool) -> Any:
 
 
 def run_hone(workdir: Path, steps: int, asynchronous: bool) -> dict[str, Any]:
-    from cluster.run import run
+    from hone.cluster.run import run
 
     cfg = hone_config(workdir, steps, asynchronous)
     started = time.perf_counter()
@@ -187,7 +187,7 @@ def run_hone(workdir: Path, steps: int, asynchronous: bool) -> dict[str, Any]:
 
 def trl_rewards() -> list[Any]:
     """hone's own built-in reward functions (rl/rewards.py), named so TRL logs them apart."""
-    from rl.rewards import exact_match, regex_match
+    from hone.rl.rewards import exact_match, regex_match
 
     def letter_first(prompts: list[str], completions: list[str], **fields: Any) -> list[float]:
         return regex_match(completions, LETTER_FIRST)

@@ -38,12 +38,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training.batches import collate
-    from training.config import LoraConfig, ModelConfig
-    from training.forward import forward_loss_sum
-    from training.losses import causal_lm_loss_sum
-    from training.models import add_lora, load_tokenizer, resolve_source
-    from training.tokens import build_supervised
+    from hone.training.batches import collate
+    from hone.training.config import LoraConfig, ModelConfig
+    from hone.training.forward import forward_loss_sum
+    from hone.training.losses import causal_lm_loss_sum
+    from hone.training.models import add_lora, load_tokenizer, resolve_source
+    from hone.training.tokens import build_supervised
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="a model dir, hub id or GGUF file (default: the quickstart's SmolLM2)")

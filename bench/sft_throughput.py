@@ -107,7 +107,7 @@ def peak_rss_mb() -> float:
 
 
 def hone_config(workdir: Path, steps: int, packing: bool) -> Any:
-    from training.config import load_config
+    from hone.training.config import load_config
 
     overrides = {
         "mode": "sft",
@@ -133,7 +133,7 @@ def hone_config(workdir: Path, steps: int, packing: bool) -> Any:
 
 
 def run_hone(workdir: Path, steps: int, packing: bool) -> dict[str, Any]:
-    from cluster.run import run
+    from hone.cluster.run import run
 
     cfg = hone_config(workdir, steps, packing)
     summary = run(cfg)
@@ -243,8 +243,8 @@ def run_torch(workdir: Path, steps: int) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from training.batches import collate, example_indices
-    from training.prepare import prepare
+    from hone.training.batches import collate, example_indices
+    from hone.training.prepare import prepare
 
     torch.manual_seed(SEED)
     prepared = prepare(hone_config(workdir, steps, packing=False))

@@ -14,18 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cluster.connect import PlacementError
-from cluster.jobs import JobsError, add_jobs_parser
-from cluster.k8s import K8sError, add_k8s_parser, k8s_command
-from cluster.pipeline import is_pipeline
-from cluster.report import ReportError
-from cluster.rundir import RunDirError
-from cluster.submit import add_submit_parser
-from rl.group import RolePlacementError
-from rl.rewards import RewardError
-from training.config import ConfigError, load_config, to_yaml
-from training.data import DataError
-from training.models import ModelSourceError
+from hone.cluster.connect import PlacementError
+from hone.cluster.jobs import JobsError, add_jobs_parser
+from hone.cluster.k8s import K8sError, add_k8s_parser, k8s_command
+from hone.cluster.pipeline import is_pipeline
+from hone.cluster.report import ReportError
+from hone.cluster.rundir import RunDirError
+from hone.cluster.submit import add_submit_parser
+from hone.rl.group import RolePlacementError
+from hone.rl.rewards import RewardError
+from hone.training.config import ConfigError, load_config, to_yaml
+from hone.training.data import DataError
+from hone.training.models import ModelSourceError
 
 USER_ERRORS = (
     ConfigError,
@@ -45,36 +45,36 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "report":
-            from cluster.report import report
+            from hone.cluster.report import report
 
             report(args.dir)
             return 0
         if args.command == "k8s":
             return k8s_command(args)
         if args.command == "jobs":
-            from cluster.jobs import jobs_command
+            from hone.cluster.jobs import jobs_command
 
             return jobs_command(args)
         if args.command in ("run", "validate", "submit") and is_pipeline(args.config):
             return _pipeline(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "tune" or (args.command in ("validate", "submit") and cfg.tune.space):
-            from cluster.tune import check_tune
+            from hone.cluster.tune import check_tune
 
             check_tune(cfg)
         if args.command == "validate":
             return validate(cfg)
         if args.command == "submit":
-            from cluster.submit import submit_config
+            from hone.cluster.submit import submit_config
 
             validate(cfg)  # the same checks as `hone validate`, before anything is packed or sent
             return submit_config(args, cfg)
         if args.command == "tune":
-            from cluster.tune import tune_run
+            from hone.cluster.tune import tune_run
 
             tune_run(cfg, address=args.address)
             return 0
-        from cluster.run import run
+        from hone.cluster.run import run
 
         run(cfg, address=args.address)
         return 0
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from cluster.pipeline import check_answer_eval, check_stages, load_answer_eval, load_pipeline, run_pipeline
+    from hone.cluster.pipeline import check_answer_eval, check_stages, load_answer_eval, load_pipeline, run_pipeline
 
     if args.command == "run":
         run_pipeline(args.config, args.overrides, address=args.address)
@@ -101,7 +101,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     if answer_eval:
         print(f"eval:    every model answers the questions in {answer_eval.data}")
     if args.command == "submit":
-        from cluster.submit import submit_pipeline
+        from hone.cluster.submit import submit_pipeline
 
         return submit_pipeline(args, out, stages, answer_eval)
     return 0
@@ -110,7 +110,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 def validate(cfg) -> int:  # type: ignore[no-untyped-def]
     if cfg.mode == "rl":
         return validate_rl(cfg)
-    from training.prepare import prepare
+    from hone.training.prepare import prepare
 
     prepared = prepare(cfg)
     print("# resolved config")
@@ -121,8 +121,8 @@ def validate(cfg) -> int:  # type: ignore[no-untyped-def]
 
 def validate_rl(cfg) -> int:  # type: ignore[no-untyped-def]
     """Prompts, rewards (imported and checked) and the step arithmetic, with no actor started."""
-    from rl.prepare import prepare_rl
-    from rl.rewards import reward_name
+    from hone.rl.prepare import prepare_rl
+    from hone.rl.rewards import reward_name
 
     prepared = prepare_rl(cfg)
     rl = cfg.rl

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from training.config import ScalingConfig
+from hone.training.config import ScalingConfig
 
 
 class PlacementError(RuntimeError):

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
-from cluster.pipeline import PREVIOUS, check_answer_eval, is_pipeline, load_answer_eval, load_pipeline
-from training.config import HoneConfig, RewardSpec, load_config, to_dict
+from hone.cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
+from hone.cluster.pipeline import PREVIOUS, check_answer_eval, is_pipeline, load_answer_eval, load_pipeline
+from hone.training.config import HoneConfig, RewardSpec, load_config, to_dict
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
 # etcd caps an object at ~1.5 MiB and a ConfigMap at 1 MiB; leave room for the config and base64.
@@ -104,7 +104,7 @@ def _command(cfg: HoneConfig, wanted: str) -> str:
     if wanted == "auto":
         wanted = "tune" if cfg.tune.space else "run"
     if wanted == "tune":
-        from cluster.tune import check_tune
+        from hone.cluster.tune import check_tune
 
         check_tune(cfg)
     return wanted

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from cluster.connect import ray_session
-from training.config import ConfigError, HoneConfig, apply_override, from_dict, read_raw, resolve_paths
+from hone.cluster.connect import ray_session
+from hone.training.config import ConfigError, HoneConfig, apply_override, from_dict, read_raw, resolve_paths
 
 PREVIOUS = "previous"
 PIPELINE_KEYS = {"output_dir", "overwrite", "defaults", "stages", "eval"}
@@ -153,7 +153,7 @@ def chained(stages: list[Stage]) -> list[HoneConfig]:
 
 
 def _asdict(cfg: HoneConfig) -> dict[str, Any]:
-    from training.config import to_dict
+    from hone.training.config import to_dict
 
     return to_dict(cfg)
 
@@ -167,17 +167,17 @@ def check_stages(stages: list[Stage]) -> None:
         if cfg.model.source == PREVIOUS:
             cfg = from_dict({**_asdict(cfg), "model": {**_asdict(cfg)["model"], "source": first}})
         if cfg.mode == "rl":
-            from rl.prepare import prepare_rl
+            from hone.rl.prepare import prepare_rl
 
             prepare_rl(cfg)
         else:
-            from training.prepare import prepare
+            from hone.training.prepare import prepare
 
             prepare(cfg)
 
 
 def run_pipeline(path: str | Path, overrides: list[str] = (), address: str | None = None) -> dict[str, Any]:  # type: ignore[assignment]
-    from cluster.run import run
+    from hone.cluster.run import run
 
     out, stages = load_pipeline(path, overrides)
     check_stages(stages)
@@ -207,7 +207,7 @@ def run_pipeline(path: str | Path, overrides: list[str] = (), address: str | Non
 
 def check_answer_eval(spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
     """The eval questions, read and checked before anything trains: (format, rows)."""
-    from training.data import check_rows, detect_format, load_rows
+    from hone.training.data import check_rows, detect_format, load_rows
 
     rows = load_rows([spec.data])
     fmt = detect_format(rows, "auto")
@@ -227,9 +227,9 @@ def _answers(
     finished stage's export never changes."""
     import ray
 
-    from cluster.connect import worker_bundle
-    from training.evaluate import answer_metrics
-    from training.models import resolve_source
+    from hone.cluster.connect import worker_bundle
+    from hone.training.evaluate import answer_metrics
+    from hone.training.models import resolve_source
 
     cache = out / "answers.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}

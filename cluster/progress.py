@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from cluster.rundir import read_jsonl
+from hone.cluster.rundir import read_jsonl
 
 
 @ray.remote(num_cpus=0)

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cluster.pipeline import format_answers_table, format_pipeline_table
-from cluster.run import format_table
-from cluster.rundir import read_json, read_jsonl
+from hone.cluster.pipeline import format_answers_table, format_pipeline_table
+from hone.cluster.run import format_table
+from hone.cluster.rundir import read_json, read_jsonl
 
 
 class ReportError(RuntimeError):

@@ -14,18 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.connect import ray_session
-from cluster.progress import MetricsFile
-from cluster.rundir import claim, inspect, read_json
-from cluster.tracking import Tracker
-from cluster.tune import report_rl_step
-from rl.controller import Controller, reserve_roles
-from rl.prepare import prepare_rl
-from training.config import HoneConfig
+from hone.cluster.connect import ray_session
+from hone.cluster.progress import MetricsFile
+from hone.cluster.rundir import claim, inspect, read_json
+from hone.cluster.tracking import Tracker
+from hone.cluster.tune import report_rl_step
+from hone.rl.controller import Controller, reserve_roles
+from hone.rl.prepare import prepare_rl
+from hone.training.config import HoneConfig
 
 
 def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
-    from cluster.run import finished_run, format_table
+    from hone.cluster.run import finished_run, format_table
 
     prepared = prepare_rl(cfg)
     run_dir, state = inspect(cfg)

@@ -15,21 +15,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.connect import check_placement, ray_session, worker_bundle
-from cluster.progress import MetricsFile, RunLog, follow
-from cluster.rundir import checkpoint_location, claim, inspect, local_checkpoints, remove_orphan_checkpoints
-from cluster.tracking import Tracker
-from training.config import HoneConfig, to_dict
-from training.prepare import Prepared, attach_reference, prepare
+from hone.cluster.connect import check_placement, ray_session, worker_bundle
+from hone.cluster.progress import MetricsFile, RunLog, follow
+from hone.cluster.rundir import checkpoint_location, claim, inspect, local_checkpoints, remove_orphan_checkpoints
+from hone.cluster.tracking import Tracker
+from hone.training.config import HoneConfig, to_dict
+from hone.training.prepare import Prepared, attach_reference, prepare
 
 if TYPE_CHECKING:
-    from cluster.tune import TrialLink
+    from hone.cluster.tune import TrialLink
 
 
 def run(cfg: HoneConfig, address: str | None = None, trial: TrialLink | None = None) -> dict[str, Any]:
     """`trial` is set inside a `hone tune` trial: where held-out results go, and (PBT) where to start."""
     if cfg.mode == "rl":
-        from cluster.rl_run import run_rl
+        from hone.cluster.rl_run import run_rl
 
         return run_rl(cfg, address)
     prepared = prepare(cfg)
@@ -72,7 +72,7 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, 
     """The same evaluation for base and tuned model, as a Ray task with one worker's resources."""
     import ray
 
-    from training.evaluate import evaluate_model
+    from hone.training.evaluate import evaluate_model
 
     bundle = worker_bundle(cfg.scaling)
     # DEFAULT scheduling: inside a `hone tune` trial a task would otherwise land in the trial's own
@@ -90,7 +90,7 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
     stage and keeps a second model out of the training workers, at the cost of one no-grad pass."""
     import ray
 
-    from training.evaluate import reference_logps
+    from hone.training.evaluate import reference_logps
 
     path = run_dir / "reference_logps.json"
     if path.exists():
@@ -125,7 +125,7 @@ def _train(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.loop import train_worker
+    from hone.training.loop import train_worker
 
     log = RunLog.remote()  # type: ignore[attr-defined]
     plan = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from training.config import HoneConfig, to_dict, to_yaml
+from hone.training.config import HoneConfig, to_dict, to_yaml
 
 # Settings that may change between a run and its resume without making it a different run.
 RESUMABLE_CHANGES = {"overwrite", "scaling.placement_timeout_s", "scaling.max_failures"}

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from cluster.jobs import JobsError, connect, follow, guarded
-from training.config import HoneConfig, to_dict
+from hone.cluster.jobs import JobsError, connect, follow, guarded
+from hone.training.config import HoneConfig, to_dict
 
 # The dashboard refuses request bodies over 100 MiB (ray_constants.DASHBOARD_CLIENT_MAX_SIZE), and the
 # working_dir is uploaded as one zip in one request. hone stops below that with room for zip overhead.
@@ -123,7 +123,7 @@ def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
 
 
 def _is_local(source: str) -> bool:
-    from training.models import looks_like_path
+    from hone.training.models import looks_like_path
 
     return looks_like_path(source)
 
@@ -181,7 +181,7 @@ def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX
 
 
 def add_submit_parser(sub: Any) -> None:
-    from cluster.jobs import add_client_options
+    from hone.cluster.jobs import add_client_options
 
     cmd = sub.add_parser("submit", help="check a config here, then run it on a Ray cluster as a job")
     cmd.add_argument("config", help="YAML file of config overrides (or a pipeline file)")

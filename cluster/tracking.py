@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from training.config import HoneConfig, WandbConfig, to_dict
+from hone.training.config import HoneConfig, WandbConfig, to_dict
 
 
 def wandb_mode(settings: WandbConfig) -> str:

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from cluster.connect import ray_session
-from cluster.rundir import claim, read_json, read_jsonl
-from training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
+from hone.cluster.connect import ray_session
+from hone.cluster.rundir import claim, read_json, read_jsonl
+from hone.training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
 
 # The eval metrics each mode reports (summary.json eval.after); those marked live are also reported
 # while training, which is what lets ASHA compare trials before they finish.
@@ -118,7 +118,7 @@ def _check_pbt(cfg: HoneConfig) -> None:
 
 
 def _reward_names(cfg: HoneConfig) -> list[str]:
-    from rl.rewards import reward_name
+    from hone.rl.rewards import reward_name
 
     return [reward_name(s) for s in cfg.rl.rewards]
 
@@ -221,11 +221,11 @@ def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
 def _check_base_run(cfg: HoneConfig) -> None:
     """Validate data and model once, with the base config, before any trial starts."""
     if cfg.mode == "rl":
-        from rl.prepare import prepare_rl
+        from hone.rl.prepare import prepare_rl
 
         prepare_rl(cfg)
     else:
-        from training.prepare import prepare
+        from hone.training.prepare import prepare
 
         prepare(cfg)
 
@@ -287,7 +287,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], sweep: str) -> None:
     """One trial: the base config with the sampled values, run as an ordinary hone run in its own dir."""
     from ray import tune
 
-    from cluster.run import run
+    from hone.cluster.run import run
 
     raw = copy.deepcopy(base)
     raw["tune"] = {}
@@ -312,7 +312,7 @@ def _run_reporting(cfg: HoneConfig, start_from: str | None, keep_all: bool) -> d
     with a pointer to the checkpoint saved with it (what PBT clones)."""
     from ray.util.queue import Empty, Queue
 
-    from cluster.run import run
+    from hone.cluster.run import run
 
     link = TrialLink(Queue(maxsize=1, actor_options={"num_cpus": 0}), start_from, keep_all=keep_all)
     outcome: dict[str, Any] = {}

@@ -26,14 +26,14 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
-from rl.algorithms import fill_invalid, group_advantages
-from rl.batch import RolloutBatch, concat
-from rl.group import ActorGroup, RolePlacementError, role_bundle
-from rl.policy import PolicyWorker, checkpoint_path
-from rl.prepare import PreparedRl
-from rl.rewards import RewardError
-from rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
-from training.config import HoneConfig, to_dict
+from hone.rl.algorithms import fill_invalid, group_advantages
+from hone.rl.batch import RolloutBatch, concat
+from hone.rl.group import ActorGroup, RolePlacementError, role_bundle
+from hone.rl.policy import PolicyWorker, checkpoint_path
+from hone.rl.prepare import PreparedRl
+from hone.rl.rewards import RewardError
+from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
+from hone.training.config import HoneConfig, to_dict
 
 COMMITTED = "COMMITTED"
 # Ray restarts a crashed rollout/reward/reference actor this many times before the run gives up.

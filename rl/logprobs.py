@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rl.batch import RolloutBatch
+from hone.rl.batch import RolloutBatch
 
 
 def token_logp(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rl.algorithms import kl_per_token, policy_loss
-from rl.batch import RolloutBatch
-from rl.workers import Located, cpu_threads
-from training.config import from_dict
+from hone.rl.algorithms import kl_per_token, policy_loss
+from hone.rl.batch import RolloutBatch
+from hone.rl.workers import Located, cpu_threads
+from hone.training.config import from_dict
 
 CHECKPOINT_TAG = "policy"
 
@@ -62,8 +62,8 @@ class PolicyWorker(Located):
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def _build_engine(self) -> tuple[Any, Any]:
-        from training.ds_config import initialize_engine
-        from training.models import add_lora, load_model, load_tokenizer
+        from hone.training.ds_config import initialize_engine
+        from hone.training.models import add_lora, load_model, load_tokenizer
 
         cfg = self.cfg
         tokenizer = load_tokenizer(cfg.model, self.resolved)
@@ -80,7 +80,7 @@ class PolicyWorker(Located):
     def update(self, shard: RolloutBatch, totals: dict[str, float], off_policy: bool) -> dict[str, float]:
         """One optimizer step on this rank's shard; returns sums of the diagnostics (the controller adds ranks)."""
 
-        from rl.logprobs import completion_logits, entropy, token_logp
+        from hone.rl.logprobs import completion_logits, entropy, token_logp
 
         started, rl, engine = time.perf_counter(), self.cfg.rl, self.engine
         lr = engine.get_lr()[0]
@@ -151,7 +151,7 @@ class PolicyWorker(Located):
         self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
 
     def export(self, run_dir: str) -> None:
-        from training.export import export_model
+        from hone.training.export import export_model
 
         plan = {"resolved_model": self.resolved, "kind": "causal", "run_dir": run_dir}
         export_model(self.engine, self.cfg, plan, self.tokenizer, self.rank)

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl.reward_model import check_reward_model
-from rl.rewards import fields_needed, import_function, reward_name
-from training.config import HoneConfig
-from training.data import DataError, Row, load_rows, split_rows
+from hone.rl.reward_model import check_reward_model
+from hone.rl.rewards import fields_needed, import_function, reward_name
+from hone.training.config import HoneConfig
+from hone.training.data import DataError, Row, load_rows, split_rows
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PreparedRl:
 
 
 def prepare_rl(cfg: HoneConfig) -> PreparedRl:
-    from training.models import load_tokenizer, objective, resolve_source
+    from hone.training.models import load_tokenizer, objective, resolve_source
 
     resolved = resolve_source(cfg.model.source)
     if objective(cfg.model, resolved) != "causal":

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rl.rewards import RewardError
+from hone.rl.rewards import RewardError
 
 
 def check_reward_model(source: str, key: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.config import RewardSpec
+from hone.training.config import RewardSpec
 
 RewardFn = Callable[..., list[float]]
 # Passed to every function beside the row fields; not a row field itself.

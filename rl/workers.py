@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from rl.batch import RolloutBatch
-from rl.logprobs import completion_logp, completion_mask, token_logp
-from rl.rewards import RewardError, bad_values, builtin, call_reward, import_function, reward_name
-from training.config import HoneConfig, from_dict
+from hone.rl.batch import RolloutBatch
+from hone.rl.logprobs import completion_logp, completion_mask, token_logp
+from hone.rl.rewards import RewardError, bad_values, builtin, call_reward, import_function, reward_name
+from hone.training.config import HoneConfig, from_dict
 
 
 class Located:
@@ -45,7 +45,7 @@ def _threads(cfg: HoneConfig, cpus: float, num_workers: int) -> None:
 
 
 def _load(cfg: HoneConfig, resolved: str, with_lora: bool) -> tuple[Any, Any]:
-    from training.models import add_lora, load_model, load_tokenizer
+    from hone.training.models import add_lora, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, resolved)
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
@@ -152,7 +152,7 @@ class RewardWorker(Located):
             if spec.type == "function":
                 self.scorers[name] = import_function(spec, f"rl.rewards[{i}]", [spec.path] if spec.path else [])
             elif spec.type == "model":
-                from rl.reward_model import RewardModel
+                from hone.rl.reward_model import RewardModel
 
                 self.scorers[name] = RewardModel(spec.source, self.cfg.eval.batch_size)
             else:

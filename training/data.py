@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from training.config import DataConfig
+from hone.training.config import DataConfig
 
 TEXT_SUFFIXES = {".txt", ".md"}
 # The fields each format needs, in detection order: the first format whose fields the first row holds wins.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.config import HoneConfig
+from hone.training.config import HoneConfig
 
 
 def global_batch(cfg: HoneConfig) -> int:
@@ -62,7 +62,7 @@ def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
     import deepspeed
     import torch
 
-    from training.losses import lr_multiplier
+    from hone.training.losses import lr_multiplier
 
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     ds_config = deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))

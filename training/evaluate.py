@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from training.batches import collate_pairs
-from training.config import HoneConfig
-from training.data import PREFERENCE_MODES, Row
-from training.forward import pair_scores, summed_loss, summed_pair_stats
-from training.tokens import Example, generation_prompt, reference_completion
+from hone.training.batches import collate_pairs
+from hone.training.config import HoneConfig
+from hone.training.data import PREFERENCE_MODES, Row
+from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
+from hone.training.tokens import Example, generation_prompt, reference_completion
 
 
 def evaluate_model(
@@ -42,7 +42,7 @@ def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -
 def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
     import torch
 
-    from training.models import load_model, load_tokenizer
+    from hone.training.models import load_model, load_tokenizer
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, model_dir)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from training.config import HoneConfig
+from hone.training.config import HoneConfig
 
 
 def full_state_dict(engine: Any, zero_stage: int, rank: int) -> dict[str, Any] | None:
@@ -40,7 +40,7 @@ def export_model(engine: Any, cfg: HoneConfig, plan: dict[str, Any], tokenizer: 
 
 def write_model_dir(state: dict[str, Any], cfg: HoneConfig, resolved: str, kind: str, tokenizer: Any, out: Path) -> None:
     """Load the trained weights into a fresh copy of the base model and save it, atomically."""
-    from training.models import add_lora, load_model
+    from hone.training.models import add_lora, load_model
 
     model = load_model(cfg.model, resolved, kind)
     tmp = out.with_name(out.name + ".tmp")

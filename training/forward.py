@@ -6,10 +6,10 @@ import inspect
 from functools import cache
 from typing import Any
 
-from training.batches import apply_mlm_masking, collate, collate_pairs
-from training.config import HoneConfig
-from training.data import PREFERENCE_MODES
-from training.losses import (
+from hone.training.batches import apply_mlm_masking, collate, collate_pairs
+from hone.training.config import HoneConfig
+from hone.training.data import PREFERENCE_MODES
+from hone.training.losses import (
     bradley_terry_loss,
     causal_lm_loss_sum,
     completion_logps,
@@ -19,7 +19,7 @@ from training.losses import (
     masked_lm_loss_sum,
     target_positions,
 )
-from training.tokens import Example
+from hone.training.tokens import Example
 
 
 def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, Any]:

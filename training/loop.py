@@ -17,13 +17,13 @@ import socket
 import time
 from typing import Any
 
-from training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
-from training.config import HoneConfig, from_dict
-from training.data import PREFERENCE_MODES
-from training.ds_config import initialize_engine
-from training.forward import step_loss_sum, summed_loss
-from training.losses import mean_loss
-from training.tokens import IGNORE, Example
+from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
+from hone.training.config import HoneConfig, from_dict
+from hone.training.data import PREFERENCE_MODES
+from hone.training.ds_config import initialize_engine
+from hone.training.forward import step_loss_sum, summed_loss
+from hone.training.losses import mean_loss
+from hone.training.tokens import IGNORE, Example
 
 
 def train_worker(plan: dict[str, Any]) -> None:
@@ -36,8 +36,8 @@ def train_worker(plan: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from training.checkpoints import load_checkpoint, save_checkpoint
-    from training.export import export_model
+    from hone.training.checkpoints import load_checkpoint, save_checkpoint
+    from hone.training.export import export_model
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -84,7 +84,7 @@ def train_worker(plan: dict[str, Any]) -> None:
 
 
 def _build_engine(cfg: HoneConfig, plan: dict[str, Any], torch: Any) -> tuple[Any, Any]:
-    from training.models import add_lora, load_model, load_tokenizer
+    from hone.training.models import add_lora, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, plan["resolved_model"])
     model = load_model(cfg.model, plan["resolved_model"], plan["kind"])

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from training.config import LoraConfig, ModelConfig
+from hone.training.config import LoraConfig, ModelConfig
 
 CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
 # A reward model's score head is new (random) on top of the base model. Drawing it from a fixed seed makes

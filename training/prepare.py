@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from training.batches import steps_per_epoch
-from training.config import HoneConfig
-from training.data import PREFERENCE_MODES, DataError, Row, read_dataset
-from training.ds_config import global_batch
-from training.models import load_tokenizer, objective, resolve_source
-from training.tokens import Example, TokenStats, build_preference, build_pretrain, build_supervised, pack
+from hone.training.batches import steps_per_epoch
+from hone.training.config import HoneConfig
+from hone.training.data import PREFERENCE_MODES, DataError, Row, read_dataset
+from hone.training.ds_config import global_batch
+from hone.training.models import load_tokenizer, objective, resolve_source
+from hone.training.tokens import Example, TokenStats, build_preference, build_pretrain, build_supervised, pack
 
 
 @dataclass

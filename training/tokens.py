@@ -17,7 +17,7 @@ from typing import Any
 
 from trl.data_utils import common_prefix_length, pack_dataset
 
-from training.data import DataError, DataWarning, Row
+from hone.training.data import DataError, DataWarning, Row
 
 IGNORE = -100
 # Token lists, plus (DPO) the reference log-probs of a pair as two floats: "ref_logps" = [chosen, rejected].

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from cluster.cli import main
+from hone.cluster.cli import main
+from hone.training.config import HoneConfig, config_fields
 from tests.conftest import sft_overrides
-from training.config import HoneConfig, config_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cluster.cli import main
-from cluster.report import plot_sweep, read_metrics
+from hone.cluster.cli import main
+from hone.cluster.report import plot_sweep, read_metrics
 
 
 def write_run(run_dir: Path, records: list[dict], summary: dict | None) -> Path:

@@ -1,6 +1,6 @@
 import json
 
-from cluster.rundir import config_differences, remove_orphan_checkpoints
+from hone.cluster.rundir import config_differences, remove_orphan_checkpoints
 
 
 def test_only_unregistered_checkpoints_are_removed(tmp_path):

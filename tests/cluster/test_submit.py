@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.jobs import JobsError, dashboard_address, read_token
-from cluster.pipeline import Stage
-from cluster.rundir import checkpoint_location, claim, local_checkpoints
-from cluster.submit import SHIPPED, _Shipment, ship_config, ship_pipeline
-from training.config import ConfigError, load_config
+from hone.cluster.jobs import JobsError, dashboard_address, read_token
+from hone.cluster.pipeline import Stage
+from hone.cluster.rundir import checkpoint_location, claim, local_checkpoints
+from hone.cluster.submit import SHIPPED, _Shipment, ship_config, ship_pipeline
+from hone.training.config import ConfigError, load_config
 
 
 def sft(tmp_path: Path, *extra: str) -> list[str]:
@@ -138,7 +138,7 @@ def test_each_run_gets_its_own_checkpoint_folder_under_storage_path(tmp_path):
 
 def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(tmp_path):
     """What the job does with the working dir: load the shipped file, whose paths resolve inside it."""
-    from cluster.pipeline import AnswerEval, chained, check_answer_eval, load_answer_eval, load_pipeline
+    from hone.cluster.pipeline import AnswerEval, chained, check_answer_eval, load_answer_eval, load_pipeline
 
     overrides = sft(tmp_path)
     stages = [

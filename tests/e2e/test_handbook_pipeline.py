@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli import main
-from cluster.pipeline import load_answer_eval
+from hone.cluster.cli import main
+from hone.cluster.pipeline import load_answer_eval
+from hone.training.config import ConfigError
 from tests.tiny import write_jsonl
-from training.config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "handbook"
 
@@ -85,7 +85,7 @@ def test_a_pipeline_eval_without_answers_is_refused_before_training(tmp_path):
     path.write_text(
         yaml.safe_dump({"eval": {"data": "q.jsonl"}, "stages": [{"mode": "sft", "data": {"train": [str(questions)]}}]})
     )
-    from cluster.pipeline import check_answer_eval
+    from hone.cluster.pipeline import check_answer_eval
 
     with pytest.raises(ConfigError, match=r"q.jsonl: the pipeline's questions need answers"):
         check_answer_eval(load_answer_eval(path))

@@ -3,9 +3,9 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
-from cluster.run import run
+from hone.cluster.run import run
+from hone.training.config import load_config
 from tests.conftest import sft_overrides
-from training.config import load_config
 
 
 @pytest.fixture

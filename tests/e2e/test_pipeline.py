@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli import main
-from cluster.pipeline import load_pipeline
+from hone.cluster.cli import main
+from hone.cluster.pipeline import load_pipeline
+from hone.training.config import ConfigError
 from tests.rl.conftest import letter_prompts
 from tests.tiny import write_jsonl
-from training.config import ConfigError
 
 
 def _pipeline_file(tmp_path: Path, assets: dict[str, Path]) -> Path:
@@ -97,7 +97,7 @@ def test_three_stage_pipeline_chains_models_and_resumes_after_a_kill_in_stage_tw
 
 
 def _command(path: Path) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "run", str(path)]
+    return [sys.executable, "-m", "hone.cluster.cli", "run", str(path)]
 
 
 def _env() -> dict[str, str]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from cluster.run import run
+from hone.cluster.run import run
+from hone.training.config import load_config
 from tests.tiny import preference_rows, write_jsonl
-from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 

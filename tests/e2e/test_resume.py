@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.run import run
+from hone.cluster.run import run
+from hone.training.config import load_config
 from tests.conftest import sft_overrides
-from training.config import load_config
 
 STEPS = 150
 # Dropout is off in the tiny model and the data order is a function of the step, so a resumed run should
@@ -30,7 +30,7 @@ def overrides(assets: dict[str, Path], out: Path) -> list[str]:
 
 def hone_run(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "none.yaml", *args], env=env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "hone.cluster.cli", "run", "none.yaml", *args], env=env, **kwargs)
 
 
 def metric_steps(out: Path) -> list[int]:

@@ -10,12 +10,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from cluster.connect import PlacementError
-from cluster.run import run
-from cluster.rundir import RunDirError
+from hone.cluster.connect import PlacementError
+from hone.cluster.run import run
+from hone.cluster.rundir import RunDirError
+from hone.training.config import load_config
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
-from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli import main
+from hone.cluster.cli import main
 from tests.ray_head import Head, start_head
 
 

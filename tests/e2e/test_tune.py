@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main
-from cluster.tune import check_tune, tune_run
+from hone.cluster.cli import main
+from hone.cluster.tune import check_tune, tune_run
+from hone.training.config import ConfigError, load_config
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
-from training.config import ConfigError, load_config
 
 GRID = "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-3, 1e-9, 1e-10]}}"
 
@@ -80,7 +80,7 @@ def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, 
         "tune.scheduler=none", "train.max_steps=6", "eval.max_samples=4",
     )  # fmt: skip
     (tmp_path / "none.yaml").write_text("{}\n")
-    command = [sys.executable, "-m", "cluster.cli", "tune", "none.yaml", *args]
+    command = [sys.executable, "-m", "hone.cluster.cli", "tune", "none.yaml", *args]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
     deadline = time.monotonic() + 400

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from cluster.run import run
+from hone.cluster.run import run
+from hone.training.config import load_config
 from tests.conftest import sft_overrides
-from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 

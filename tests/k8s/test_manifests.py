@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.k8s import RenderOptions, render
+from hone.cluster.k8s import RenderOptions, render
 from tests.k8s.manifests import (
     CRD_DIR,
     K8S,
@@ -268,7 +268,7 @@ def test_example_rayjobs_are_what_render_makes_today() -> None:
     import argparse
     import shlex
 
-    from cluster.k8s import FLAGS, _header, add_k8s_parser
+    from hone.cluster.k8s import FLAGS, _header, add_k8s_parser
 
     parser = argparse.ArgumentParser(prog="hone")
     add_k8s_parser(parser.add_subparsers(dest="command"))
@@ -288,7 +288,7 @@ def test_dockerfile_user_and_copies_match_the_manifests() -> None:
     """The image cannot be built here (no docker): check what ties it to the manifests and the repo."""
     import re
 
-    from cluster.k8s_manifests import UID
+    from hone.cluster.k8s_manifests import UID
 
     text = (K8S / "Dockerfile").read_text()
     assert re.search(rf"^ARG UID={UID}$", text, re.M) and re.search(r"^USER \$\{UID\}:\$\{UID\}$", text, re.M)

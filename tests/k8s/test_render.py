@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.cli import main
-from cluster.k8s import JOB_DIR, RenderOptions, render
+from hone.cluster.cli import main
+from hone.cluster.k8s import JOB_DIR, RenderOptions, render
+from hone.training.config import from_dict
 from tests.k8s.manifests import REPO, load_docs
-from training.config import from_dict
 
 SFT = str(REPO / "examples/quickstart/sft.yaml")
 RL = str(REPO / "examples/rl/arithmetic.yaml")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import aggregate, group_advantages, kl_per_token, policy_loss
+from hone.rl.algorithms import aggregate, group_advantages, kl_per_token, policy_loss
 
 
 def test_grpo_advantages_normalize_within_each_group():

@@ -2,8 +2,8 @@
 
 import torch
 
-from rl.algorithms import fill_invalid, group_advantages
-from rl.rewards import bad_values, exact_match, length_penalty, numeric_match, regex_match
+from hone.rl.algorithms import fill_invalid, group_advantages
+from hone.rl.rewards import bad_values, exact_match, length_penalty, numeric_match, regex_match
 
 
 def test_exact_match_ignores_case_and_whitespace_runs():

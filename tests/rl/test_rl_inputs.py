@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rl.prepare import prepare_rl
-from rl.reward_model import RewardModel
-from rl.rewards import RewardError
+from hone.rl.prepare import prepare_rl
+from hone.rl.reward_model import RewardModel
+from hone.rl.rewards import RewardError
+from hone.training.config import ConfigError, load_config
+from hone.training.data import DataError
 from tests.rl.conftest import rl_overrides
 from tests.tiny import VOCAB, make_tokenizer, write_jsonl
-from training.config import ConfigError, load_config
-from training.data import DataError
 
 
 def _cfg(assets, prompts, tmp_path, *extra):
@@ -108,7 +108,7 @@ def test_reward_model_scores_prompt_and_completion(assets, prompts, tmp_path):
 
 
 def test_validate_rl_prints_prompts_rewards_and_steps(assets, prompts, tmp_path, capsys):
-    from cluster.cli import main
+    from hone.cluster.cli import main
 
     config = tmp_path / "rl.yaml"
     config.write_text("{}\n")

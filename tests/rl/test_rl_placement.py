@@ -2,9 +2,9 @@
 
 import pytest
 
-from cluster.run import run
+from hone.cluster.run import run
+from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
-from training.config import load_config
 
 
 @pytest.fixture

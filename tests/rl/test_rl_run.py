@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.run import run
-from rl.rewards import RewardError
+from hone.cluster.run import run
+from hone.rl.rewards import RewardError
+from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
-from training.config import load_config
 
 STEP_KEYS = {
     "reward_mean", "reward_std", "reward/letter_first", "reward/exact_match", "kl", "entropy", "clip_fraction",
@@ -152,7 +152,7 @@ def test_function_and_reward_model_rewards_score_in_reward_actors(assets, prompt
 
 
 def test_roles_that_do_not_fit_fail_at_once_and_write_nothing(assets, prompts, tmp_path, local_ray):
-    from rl.group import RolePlacementError
+    from hone.rl.group import RolePlacementError
 
     cfg = load_config(None, rl_overrides(assets, prompts, tmp_path / "run", "rl.rollout.cpus=8"))
     started = time.monotonic()

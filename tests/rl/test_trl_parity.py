@@ -47,7 +47,7 @@ import pytest
 import torch
 from trl.trainer.grpo_trainer import GRPOTrainer
 
-from rl.algorithms import group_advantages, kl_per_token, policy_loss
+from hone.rl.algorithms import group_advantages, kl_per_token, policy_loss
 
 TOL = 1e-5
 B, T = 6, 7  # samples, completion tokens (the longest completion in the batch)

@@ -1,5 +1,5 @@
-from training.batches import collate, example_indices, steps_per_epoch
-from training.losses import IGNORE
+from hone.training.batches import collate, example_indices, steps_per_epoch
+from hone.training.losses import IGNORE
 
 
 def indices_for_epoch(epoch: int, n: int, micro: int, accum: int, world: int, seed: int = 7) -> list[int]:

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training.checkpoints import apply_optim_settings
-from training.config import OptimConfig
-from training.losses import lr_multiplier
+from hone.training.checkpoints import apply_optim_settings
+from hone.training.config import OptimConfig
+from hone.training.losses import lr_multiplier
 
 
 def _engine(lr: float, weight_decay: float, cfg):  # type: ignore[no-untyped-def]

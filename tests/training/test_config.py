@@ -1,6 +1,6 @@
 import pytest
 
-from training.config import ConfigError, load_config
+from hone.training.config import ConfigError, load_config
 
 
 def base(*extra: str) -> list[str]:
@@ -64,7 +64,7 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
 
 
 def test_overrides_reach_into_a_pipelines_stages_by_name_or_index():
-    from training.config import apply_override
+    from hone.training.config import apply_override
 
     raw = {"stages": [{"name": "pretrain", "train": {"num_epochs": 2}}, "sft.yaml", {"mode": "rl"}]}
     apply_override(raw, "stages.pretrain.train.num_epochs=1")

@@ -5,9 +5,9 @@ import json
 import datasets
 import pytest
 
-from training.config import load_config
-from training.data import DataError, detect_format, load_rows, read_dataset
-from training.prepare import prepare
+from hone.training.config import load_config
+from hone.training.data import DataError, detect_format, load_rows, read_dataset
+from hone.training.prepare import prepare
 
 
 def write(path, text):
@@ -64,7 +64,7 @@ def test_every_example_longer_than_max_seq_len(tmp_path, assets):
 
 
 def test_missing_model_path(tmp_path, assets):
-    from training.models import ModelSourceError
+    from hone.training.models import ModelSourceError
 
     cfg = load_config(None, [f"model.source={tmp_path / 'no-model'}", f"data.train=[{assets['copy']}]"])
     with pytest.raises(ModelSourceError, match=r"no-model does not exist; point it at a model directory or \.gguf file"):

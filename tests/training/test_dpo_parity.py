@@ -6,12 +6,12 @@ import torch
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
+from hone.training.batches import collate_pairs
+from hone.training.config import load_config
+from hone.training.forward import pair_scores, step_loss_sum
+from hone.training.losses import mean_loss
+from hone.training.tokens import build_preference
 from tests.tiny import make_causal_model, make_tokenizer, preference_rows
-from training.batches import collate_pairs
-from training.config import load_config
-from training.forward import pair_scores, step_loss_sum
-from training.losses import mean_loss
-from training.tokens import build_preference
 
 BETA = 0.3
 

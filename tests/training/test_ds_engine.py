@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 START_ENGINE = """
 import sys
 from transformers import AutoModelForCausalLM
-from training.config import from_dict
-from training.ds_config import initialize_engine
+from hone.training.config import from_dict
+from hone.training.ds_config import initialize_engine
 
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
 engine = initialize_engine(model, from_dict({"model": {"source": sys.argv[1]}, "data": {"train": [sys.argv[1]]}}), total_steps=4)

@@ -2,9 +2,9 @@
 
 import torch
 
+from hone.training.config import load_config
+from hone.training.evaluate import generation_metrics
 from tests.tiny import make_tokenizer
-from training.config import load_config
-from training.evaluate import generation_metrics
 
 
 class _Replies:

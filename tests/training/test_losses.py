@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from training.losses import (
+from hone.training.losses import (
     IGNORE,
     causal_lm_loss_sum,
     kept_lm_loss_sum,

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from hone.training.config import load_config
+from hone.training.data import DataError, DataWarning, read_dataset
+from hone.training.prepare import prepare
+from hone.training.tokens import build_preference
 from tests.tiny import make_tokenizer
-from training.config import load_config
-from training.data import DataError, DataWarning, read_dataset
-from training.prepare import prepare
-from training.tokens import build_preference
 
 
 def write_rows(path, rows):

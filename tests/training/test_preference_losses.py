@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from training.batches import collate_pairs
-from training.losses import bradley_terry_loss, completion_logps, dpo_loss, dpo_margin
+from hone.training.batches import collate_pairs
+from hone.training.losses import bradley_terry_loss, completion_logps, dpo_loss, dpo_margin
 
 
 def test_completion_logps_sums_only_completion_tokens():

@@ -2,8 +2,8 @@
 
 import torch
 
-from training.config import LoraConfig, ModelConfig
-from training.models import add_lora, load_model
+from hone.training.config import LoraConfig, ModelConfig
+from hone.training.models import add_lora, load_model
 
 
 def test_reward_head_is_the_same_in_every_process_that_builds_it(assets):

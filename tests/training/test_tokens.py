@@ -1,9 +1,9 @@
 import torch
 
+from hone.training.batches import collate
+from hone.training.losses import IGNORE
+from hone.training.tokens import build_pretrain, build_supervised, pack, tokenize_supervised
 from tests.tiny import make_tokenizer
-from training.batches import collate
-from training.losses import IGNORE
-from training.tokens import build_pretrain, build_supervised, pack, tokenize_supervised
 
 
 def test_prompt_tokens_are_masked_and_eos_is_a_target():
@@ -82,8 +82,8 @@ def test_packing_keeps_sequences_apart(tmp_path):
 def test_packed_loss_equals_unpacked_loss(tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from hone.training.forward import forward_loss_sum
     from tests.tiny import copy_rows, make_causal_model
-    from training.forward import forward_loss_sum
 
     tok = make_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")).eval()
@@ -101,11 +101,11 @@ def test_sft_loss_from_kept_logits_matches_full_logits_through_lora(tmp_path):
     LoRA gradients must be those of the full-logits loss."""
     from transformers import AutoModelForCausalLM
 
+    from hone.training.config import LoraConfig
+    from hone.training.forward import forward_loss_sum, takes_logits_to_keep
+    from hone.training.losses import causal_lm_loss_sum
+    from hone.training.models import add_lora
     from tests.tiny import copy_rows, make_causal_model
-    from training.config import LoraConfig
-    from training.forward import forward_loss_sum, takes_logits_to_keep
-    from training.losses import causal_lm_loss_sum
-    from training.models import add_lora
 
     tok = make_tokenizer()
     model = add_lora(AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m")), LoraConfig(dropout=0.0), "causal")

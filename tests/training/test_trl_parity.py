@@ -5,11 +5,11 @@ import torch
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
+from hone.training.batches import collate
+from hone.training.forward import forward_loss_sum
+from hone.training.losses import mean_loss
+from hone.training.tokens import build_supervised
 from tests.tiny import copy_rows, make_causal_model, make_tokenizer
-from training.batches import collate
-from training.forward import forward_loss_sum
-from training.losses import mean_loss
-from training.tokens import build_supervised
 
 
 def test_sft_loss_matches_trl_completion_only_loss(tmp_path):
