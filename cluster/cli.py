@@ -14,100 +14,90 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hone.cluster.connect import PlacementError
-from hone.cluster.jobs import JobsError, add_jobs_parser
-from hone.cluster.k8s import K8sError, add_k8s_parser, k8s_command
-from hone.cluster.pipeline import is_pipeline
-from hone.cluster.report import ReportError
-from hone.cluster.rundir import RunDirError
+# Only light modules here (argparse, yaml, the config schema): `hone --help`, `hone validate` on a broken
+# file and `hone jobs` answer without importing torch, ray or transformers (tests/cluster/test_cli.py).
+from hone.cluster.jobs import add_jobs_parser
+from hone.cluster.k8s import add_k8s_parser, k8s_command
+from hone.cluster.pipeline import Pipeline, load_any
 from hone.cluster.submit import add_submit_parser
-from hone.rl.group import RolePlacementError
-from hone.rl.rewards import RewardError
-from hone.training.config import ConfigError, load_config, to_yaml
-from hone.training.data import DataError
-from hone.training.models import ModelSourceError
+from hone.training.config import HoneConfig, to_yaml
+from hone.training.errors import HoneError
 
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    ModelSourceError,
-    RunDirError,
-    PlacementError,
-    RolePlacementError,
-    RewardError,
-    ReportError,
-    K8sError,
-    JobsError,
-)
+DISTRIBUTION = "hone-llm"  # the name on PyPI; the command and the package are `hone`
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "report":
-            from hone.cluster.report import report
-
-            report(args.dir)
-            return 0
-        if args.command == "k8s":
-            return k8s_command(args)
-        if args.command == "jobs":
-            from hone.cluster.jobs import jobs_command
-
-            return jobs_command(args)
-        if args.command in ("run", "validate", "submit") and is_pipeline(args.config):
-            return _pipeline(args)
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "tune" or (args.command in ("validate", "submit") and cfg.tune.space):
-            from hone.cluster.tune import check_tune
-
-            check_tune(cfg)
-        if args.command == "validate":
-            return validate(cfg)
-        if args.command == "submit":
-            from hone.cluster.submit import submit_config
-
-            validate(cfg)  # the same checks as `hone validate`, before anything is packed or sent
-            return submit_config(args, cfg)
-        if args.command == "tune":
-            from hone.cluster.tune import tune_run
-
-            tune_run(cfg, address=args.address)
-            return 0
-        from hone.cluster.run import run
-
-        run(cfg, address=args.address)
-        return 0
-    except USER_ERRORS as err:
+        return _command(args)
+    except HoneError as err:
         print(f"hone: error: {err}", file=sys.stderr)
         return 1
 
 
-def _pipeline(args: argparse.Namespace) -> int:
-    from hone.cluster.pipeline import check_answer_eval, check_stages, load_answer_eval, load_pipeline, run_pipeline
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        from hone.cluster.report import report
 
-    if args.command == "run":
-        run_pipeline(args.config, args.overrides, address=args.address)
+        report(args.dir)
         return 0
-    out, stages = load_pipeline(args.config, args.overrides)
-    check_stages(stages)
-    answer_eval = load_answer_eval(args.config, args.overrides)
-    if answer_eval:
-        check_answer_eval(answer_eval)
-    print(f"# pipeline -> {out}")
-    for index, stage in enumerate(stages):
-        c = stage.config
-        print(f"stage {index + 1}: {stage.name:<12} mode {c.mode:<8} model {c.model.source:<40} -> {c.output_dir}")
-    if answer_eval:
-        print(f"eval:    every model answers the questions in {answer_eval.data}")
-    if args.command == "submit":
-        from hone.cluster.submit import submit_pipeline
+    if args.command == "k8s":
+        return k8s_command(args)
+    if args.command == "jobs":
+        from hone.cluster.jobs import jobs_command
 
-        return submit_pipeline(args, out, stages, answer_eval)
+        return jobs_command(args)
+    loaded = load_any(args.config, args.overrides)
+    if isinstance(loaded, Pipeline):
+        return _pipeline(args, loaded)
+    cfg = loaded
+    if args.command == "tune":
+        from hone.cluster.tune import tune_run
+
+        tune_run(cfg, address=args.address)
+        return 0
+    if args.command in ("validate", "submit"):
+        validate(cfg)  # `hone submit` checks exactly what `hone validate` does, before anything is packed or sent
+        if args.command == "submit":
+            from hone.cluster.submit import submit_config
+
+            return submit_config(args, cfg)
+        return 0
+    from hone.cluster.run import run
+
+    run(cfg, address=args.address)
     return 0
 
 
-def validate(cfg) -> int:  # type: ignore[no-untyped-def]
+def _pipeline(args: argparse.Namespace, pipeline: Pipeline) -> int:
+    from hone.cluster.pipeline import check_answer_eval, check_stages, run_pipeline
+
+    if args.command == "tune":
+        raise HoneError(f"{pipeline.path} is a pipeline (it has stages:); hone tune sweeps one run config, not a pipeline")
+    if args.command == "run":
+        run_pipeline(pipeline, address=args.address)
+        return 0
+    check_stages(pipeline.stages)
+    if pipeline.eval:
+        check_answer_eval(pipeline.eval)
+    print(f"# pipeline -> {pipeline.output_dir}")
+    for index, stage in enumerate(pipeline.stages):
+        c = stage.config
+        print(f"stage {index + 1}: {stage.name:<12} mode {c.mode:<8} model {c.model.source:<40} -> {c.output_dir}")
+    if pipeline.eval:
+        print(f"eval:    every model answers the questions in {pipeline.eval.data}")
+    if args.command == "submit":
+        from hone.cluster.submit import submit_pipeline
+
+        return submit_pipeline(args, pipeline)
+    return 0
+
+
+def validate(cfg: HoneConfig) -> int:
+    if cfg.tune.space:
+        from hone.cluster.tune import check_tune
+
+        check_tune(cfg)
     if cfg.mode == "rl":
         return validate_rl(cfg)
     from hone.training.prepare import prepare
@@ -119,7 +109,7 @@ def validate(cfg) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def validate_rl(cfg) -> int:  # type: ignore[no-untyped-def]
+def validate_rl(cfg: HoneConfig) -> int:
     """Prompts, rewards (imported and checked) and the step arithmetic, with no actor started."""
     from hone.rl.prepare import prepare_rl
     from hone.rl.rewards import reward_name
@@ -141,7 +131,7 @@ def validate_rl(cfg) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def format_stats(stats: dict, cfg) -> str:  # type: ignore[no-untyped-def]
+def format_stats(stats: dict, cfg: HoneConfig) -> str:
     t, s = cfg.train, cfg.scaling
     lines = [
         "# data",
@@ -170,6 +160,7 @@ def format_stats(stats: dict, cfg) -> str:  # type: ignore[no-untyped-def]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hone", description="Fine-tune a language model on your own data.")
+    parser.add_argument("--version", action="version", version=f"hone {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (("run", "train the mode the config names"), ("validate", "check config, model and data"))
     for name, text in (*commands, ("tune", "sweep the config's tune.space with Ray Tune")):
@@ -184,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
     add_submit_parser(sub)
     add_jobs_parser(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hone.training.config import ScalingConfig
+from hone.training.errors import HoneError
 
 
-class PlacementError(RuntimeError):
+class PlacementError(HoneError, RuntimeError):
     """The cluster cannot place the requested workers."""
 
 
@@ -49,6 +51,16 @@ def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
     if scaling.use_gpu:
         bundle["GPU"] = scaling.gpus_per_worker
     return bundle
+
+
+def worker_task(fn: Callable[..., Any], scaling: ScalingConfig) -> Any:
+    """`fn` as a Ray task sized like one training worker (evaluation, DPO's reference, a pipeline's answers).
+    DEFAULT scheduling: inside a `hone tune` trial a task would otherwise land in the trial's own (tiny)
+    placement group and never fit."""
+    import ray
+
+    bundle = worker_bundle(scaling)
+    return ray.remote(fn).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy="DEFAULT")
 
 
 def check_placement(scaling: ScalingConfig) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hone.training.errors import HoneError
+
 # A cluster that does not answer within this time is reported instead of waited on (a firewalled or
 # mistyped host would otherwise hang for the OS's TCP timeout, minutes).
 CONNECT_TIMEOUT_S = 10.0
@@ -27,7 +29,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 T = TypeVar("T")
 
 
-class JobsError(RuntimeError):
+class JobsError(HoneError, RuntimeError):
     """The cluster could not be reached, refused us, or refused the request; nothing was created."""
 
 

@@ -36,8 +36,10 @@ from typing import Any
 import yaml
 
 from hone.cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
-from hone.cluster.pipeline import PREVIOUS, check_answer_eval, is_pipeline, load_answer_eval, load_pipeline
-from hone.training.config import HoneConfig, RewardSpec, load_config, to_dict
+from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline, check_answer_eval, load_any
+from hone.rl.rewards import RewardError, reward_module_files
+from hone.training.config import HoneConfig, PathKind, RewardSpec, map_paths, to_dict
+from hone.training.errors import HoneError
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
 # etcd caps an object at ~1.5 MiB and a ConfigMap at 1 MiB; leave room for the config and base64.
@@ -58,7 +60,7 @@ def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
-class K8sError(ValueError):
+class K8sError(HoneError, ValueError):
     """A render request that cannot become a working RayJob; the message names the field and the fix."""
 
 
@@ -69,16 +71,14 @@ class K8sError(ValueError):
 def render(config: str | Path, overrides: list[str], opts: RenderOptions, header: str = "") -> str:
     """The manifests for one config, as YAML text. Everything is checked before anything is returned."""
     _check_options(opts)
+    loaded = load_any(config, overrides)
     answer_eval = None
-    if is_pipeline(config):
-        out, stages = load_pipeline(config, overrides)
-        configs = [(stage.name, stage.config) for stage in stages]
-        command = "run"
-        answer_eval = load_answer_eval(config, overrides)
+    if isinstance(loaded, Pipeline):
+        out, configs, command, answer_eval = loaded.output_dir, [(s.name, s.config) for s in loaded.stages], "run", loaded.eval
         if answer_eval:
             check_answer_eval(answer_eval)
     else:
-        cfg = load_config(config, overrides)
+        cfg = loaded
         configs = [("", cfg)]
         command = _command(cfg, opts.command)
         out = Path(cfg.output_dir)
@@ -87,9 +87,11 @@ def render(config: str | Path, overrides: list[str], opts: RenderOptions, header
     shipped = [(stage, ship_config(cfg, bundle, opts, out if stage else None)) for stage, cfg in configs]
     extra: dict[str, Any] = {}
     if answer_eval:  # the pipeline's held-out questions travel with its stages' data
-        questions = Path(answer_eval.data)
-        data = bundle.add(questions, f"{out.name}/eval/{questions.name}", "eval.data")
-        extra["eval"] = dataclasses.asdict(answer_eval) | {"data": data}
+        extra["eval"] = map_paths(
+            dataclasses.asdict(answer_eval),
+            lambda key, value, kind, _: bundle.add(Path(value), f"{out.name}/eval/{Path(value).name}", f"eval.{key}"),
+            AnswerEval,
+        )
     text = _config_text(shipped, opts, out, extra)
     groups = plan_groups([cfg for _, cfg in configs], opts, tune=command == "tune")
     docs = [
@@ -182,28 +184,25 @@ class Bundle:
 
 def ship_config(cfg: HoneConfig, bundle: Bundle, opts: RenderOptions, pipeline_out: Path | None) -> dict[str, Any]:
     """The config as the pods must see it: every local path replaced by a shipped file or a volume path."""
-    raw = to_dict(cfg)
     where = f"{pipeline_out.name}/" if pipeline_out else ""
-    out = raw["output_dir"]
-    if not bundle.on_volume(out):
-        raw["output_dir"] = f"{opts.runs_mount}/{where}{Path(out).name}"
-    storage = raw["scaling"].get("storage_path", "")  # checkpoints: empty means under output_dir
-    if storage and not bundle.on_volume(storage):
-        raise K8sError(
-            f"scaling.storage_path={storage} is not on the run volume ({opts.runs_mount}) nor an s3:// / gs:// URI, so "
-            f"the pods cannot share it; set it under {opts.runs_mount}, use a URI, or leave it empty"
-        )
-    data = raw["data"]
-    data["train"] = [bundle.data_file(p, f"data.train[{i}]") for i, p in enumerate(data["train"])]
-    if isinstance(data["eval"], list):
-        data["eval"] = [bundle.data_file(p, f"data.eval[{i}]") for i, p in enumerate(data["eval"])]
-    raw["model"]["source"] = _model_source(cfg.model.source, "model.source", bundle)
-    for i, spec in enumerate(raw["rl"]["rewards"]):
-        if spec["type"] == "model":
-            spec["source"] = _model_source(spec["source"], f"rl.rewards[{i}].source", bundle)
-        if spec["type"] == "function" and not bundle.on_volume(spec["path"]):
-            spec["path"] = _reward_module(spec, i, bundle)
-    return raw
+
+    def ship(key: str, value: Any, kind: PathKind, section: dict[str, Any]) -> Any:
+        if kind == "output":
+            return value if bundle.on_volume(value) else f"{opts.runs_mount}/{where}{Path(value).name}"
+        if kind == "storage":  # checkpoints: empty means under output_dir
+            if value and not bundle.on_volume(value):
+                raise K8sError(
+                    f"{key}={value} is not on the run volume ({opts.runs_mount}) nor an s3:// / gs:// URI, so "
+                    f"the pods cannot share it; set it under {opts.runs_mount}, use a URI, or leave it empty"
+                )
+            return value
+        if kind == "data":
+            return bundle.data_file(value, key) if isinstance(value, str) else value
+        if kind == "model":
+            return _model_source(value, key, bundle)
+        return value if bundle.on_volume(value) else _reward_module(section, key, bundle)
+
+    return map_paths(to_dict(cfg), ship)
 
 
 def _model_source(source: str, where: str, bundle: Bundle) -> str:
@@ -217,20 +216,20 @@ def _model_source(source: str, where: str, bundle: Bundle) -> str:
     )
 
 
-def _reward_module(spec: dict[str, Any], index: int, bundle: Bundle) -> str:
-    """Ship the module file of a `module:function` reward, keeping its package path under its own folder."""
-    module = spec["function"].partition(":")[0]
-    base = Path(spec["path"])
-    parts = module.split(".")
-    for candidate in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
-        if candidate.is_file():
-            rel = f"reward-{index}/{candidate.relative_to(base).as_posix()}"
-            bundle.add(candidate, rel, f"rl.rewards[{index}].function")
-            return f"{JOB_DIR}/reward-{index}"
-    raise K8sError(
-        f"rl.rewards[{index}].function={spec['function']!r}: module {module} is not under {base}, so it cannot be "
-        f"shipped; put it next to the config, or install it in the image and set rl.rewards[{index}].path={bundle.mount}"
-    )
+def _reward_module(spec: dict[str, Any], key: str, bundle: Bundle) -> str:
+    """Ship the files of a `module:function` reward (rl/rewards.py reward_module_files: its package, or its
+    one module) under a folder of its own, which becomes the reward's path in the pod."""
+    folder = "reward-" + key.split("[", 1)[1].split("]", 1)[0]  # rl.rewards[1].path -> reward-1
+    try:
+        base, files = reward_module_files(spec["path"], spec["function"])
+    except RewardError as err:
+        raise K8sError(
+            f"{key.replace('.path', '.function')}={spec['function']!r}: {err}. It cannot be shipped: put it next to "
+            f"the config, or install it in the image and set {key}={bundle.mount}"
+        ) from None
+    for path in files:
+        bundle.add(path, f"{folder}/{path.relative_to(base).as_posix()}", key.replace(".path", ".function"))
+    return f"{JOB_DIR}/{folder}"
 
 
 def _config_text(shipped: list[tuple[str, dict[str, Any]]], opts: RenderOptions, out: Path, extra: dict[str, Any]) -> str:

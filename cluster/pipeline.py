@@ -16,97 +16,116 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hone.cluster.connect import ray_session
-from hone.training.config import ConfigError, HoneConfig, apply_override, from_dict, read_raw, resolve_paths
+from hone.cluster.connect import ray_session, worker_task
+from hone.cluster.run import prepare_any, run
+from hone.training.config import (
+    ConfigError,
+    HoneConfig,
+    apply_override,
+    build,
+    config_from_raw,
+    from_dict,
+    path_field,
+    read_raw,
+    read_yaml,
+    resolve_paths,
+)
 
 PREVIOUS = "previous"
-PIPELINE_KEYS = {"output_dir", "overwrite", "defaults", "stages", "eval"}
-ANSWER_EVAL_KEYS = {"data", "max_new_tokens", "max_samples", "batch_size"}
 
 
-@dataclass
-class Stage:
-    name: str
-    config: HoneConfig  # model.source still says "previous" where it chains
-
-
-@dataclass
+@dataclass(frozen=True)
 class AnswerEval:
     """The pipeline's own yardstick (`eval:` in the pipeline file): held-out questions with reference
     answers, asked of the base model and of every stage's export. Stages measure different things (text
     loss, answers, reward); this table measures one thing across all of them."""
 
-    data: str  # jsonl of messages / prompt_completion rows; optional `key_fact` and `group` fields
+    data: str = path_field("data")  # jsonl of messages / prompt_completion rows; optional `key_fact` and `group` fields
     max_new_tokens: int = 24
     max_samples: int = 0  # 0: every row
     batch_size: int = 16
 
 
-def is_pipeline(path: str | Path | None) -> bool:
-    if path is None or not Path(path).is_file():
-        return False
-    raw = yaml.safe_load(Path(path).read_text())
-    return isinstance(raw, dict) and "stages" in raw
+@dataclass(frozen=True)
+class PipelineFile:
+    """The keys of a pipeline file, built and checked by the same builder as a run config."""
+
+    output_dir: str = path_field("output")  # empty: runs/<pipeline file name>
+    overwrite: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)  # config keys under every stage
+    stages: list[Any] = field(default_factory=list)  # stage config files, or inline configs with a `name`
+    eval: AnswerEval | None = None
 
 
-def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list[Stage]]:  # type: ignore[assignment]
-    """The pipeline's output dir and its stages, each a validated config. Overrides address the pipeline
-    file (`defaults.scaling.num_workers=4`, `output_dir=...`)."""
-    path = Path(path)
-    return _stages(_read_pipeline(path, overrides), path)
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: HoneConfig  # model.source still says "previous" where it chains
 
 
-def load_answer_eval(path: str | Path, overrides: list[str] = ()) -> AnswerEval | None:  # type: ignore[assignment]
-    """The pipeline's `eval:` block, checked, with `data` resolved against the pipeline file; None if absent."""
-    path = Path(path)
-    block = _read_pipeline(path, overrides).get("eval")
-    if block is None:
-        return None
-    if not isinstance(block, dict) or "data" not in block or set(block) - ANSWER_EVAL_KEYS:
-        raise ConfigError(
-            f"{path}: eval must be a mapping with data (a jsonl of held-out questions and answers) and optionally "
-            f"{', '.join(sorted(ANSWER_EVAL_KEYS - {'data'}))}; got {block!r}"
-        )
-    data = Path(str(block["data"])).expanduser()
-    spec = AnswerEval(**{**block, "data": str(data if data.is_absolute() else (path.parent / data).resolve())})
-    for key in ("max_new_tokens", "batch_size"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
-            raise ConfigError(f"{path}: eval.{key}={getattr(spec, key)!r} must be a whole number of 1 or more")
-    return spec
+@dataclass(frozen=True)
+class Pipeline:
+    path: Path  # the pipeline file
+    output_dir: Path
+    stages: list[Stage]
+    eval: AnswerEval | None
 
 
-def _read_pipeline(path: Path, overrides: list[str]) -> dict[str, Any]:
-    raw = read_raw(path)
+def load_any(path: str | Path, overrides: list[str] = ()) -> HoneConfig | Pipeline:  # type: ignore[assignment]
+    """A config file or a pipeline file (one with `stages:`), read once, built and checked."""
+    raw = read_yaml(path)
+    if "stages" in raw:
+        return pipeline_from_raw(raw, Path(path), overrides)
+    return config_from_raw(resolve_paths(raw, Path(path).parent), overrides)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:  # type: ignore[assignment]
+    """The pipeline's stages, each a validated config, and its `eval:` block. Overrides address the
+    pipeline file (`defaults.scaling.num_workers=4`, `stages.sft.optim.lr=1e-4`, `output_dir=...`)."""
+    return pipeline_from_raw(read_yaml(path), Path(path), overrides)
+
+
+def pipeline_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] = ()) -> Pipeline:  # type: ignore[assignment]
+    resolve_paths(raw, path.parent, PipelineFile)
     for item in overrides:
         apply_override(raw, item)
-    unknown = set(raw) - PIPELINE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{path}: {sorted(unknown)[0]!r} is not a pipeline key; a pipeline file holds {sorted(PIPELINE_KEYS)} "
-            "and each stage's settings go inside its entry in stages (or in defaults for every stage)"
-        )
-    return raw
-
-
-def _stages(raw: dict[str, Any], path: Path) -> tuple[Path, list[Stage]]:
-    stages_raw = raw.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw:
+    try:
+        spec: PipelineFile = build(PipelineFile, raw, prefix="")
+    except ConfigError as err:
+        stage_key = str(err).startswith("unknown config key") and "valid keys" not in str(err)
+        hint = "; a stage's settings go inside its entry in stages (or in defaults, for every stage)" if stage_key else ""
+        raise ConfigError(f"{path}: {err}{hint}") from None
+    if not spec.stages:
         raise ConfigError(f"{path}: stages must be a non-empty list of stage config files or inline stage configs")
-    defaults = resolve_paths(copy.deepcopy(raw.get("defaults") or {}), path.parent)
-    out = Path(raw.get("output_dir") or f"runs/{path.stem}")
+    if spec.eval is not None:
+        _check_answer_spec(spec.eval, path)
+    out = Path(spec.output_dir or f"runs/{path.stem}")
+    return Pipeline(path, out, _stages(spec, out, path), spec.eval)
+
+
+def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
+    if not spec.data:
+        raise ConfigError(f"{path}: eval.data is missing: give the jsonl of held-out questions and answers")
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(spec, key) < 1:
+            raise ConfigError(f"{path}: eval.{key}={getattr(spec, key)!r} must be a whole number of 1 or more")
+    if spec.max_samples < 0:
+        raise ConfigError(f"{path}: eval.max_samples={spec.max_samples} must be 0 (every row) or more")
+
+
+def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
+    defaults = resolve_paths(copy.deepcopy(spec.defaults), path.parent)
     stages: list[Stage] = []
-    for index, entry in enumerate(stages_raw):
+    for index, entry in enumerate(spec.stages):
         stage_raw, where = _stage_raw(entry, index, path)
         merged = _merge(defaults, stage_raw)
         name = str(merged.pop("name", None) or merged.get("mode", "sft"))
         merged.setdefault("output_dir", str(out / f"{index + 1}-{name}"))
-        if raw.get("overwrite"):
+        if spec.overwrite:
             merged["overwrite"] = True
         wandb = merged.get("tracking", {}).get("wandb", {})
         if wandb.get("project") and not wandb.get("group"):
@@ -120,7 +139,7 @@ def _stages(raw: dict[str, Any], path: Path) -> tuple[Path, list[Stage]]:
         if any(s.name == name for s in stages):
             raise ConfigError(f"{where}: another stage is already named {name!r}; give each stage its own name:")
         stages.append(Stage(name, config))
-    return out, stages
+    return stages
 
 
 def _stage_raw(entry: Any, index: int, path: Path) -> tuple[dict[str, Any], str]:
@@ -140,22 +159,19 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_model(cfg: HoneConfig, source: str) -> HoneConfig:
+    return replace(cfg, model=replace(cfg.model, source=source))
+
+
 def chained(stages: list[Stage]) -> list[HoneConfig]:
     """Each stage's config with `previous` replaced by the previous stage's model export."""
     configs = []
     for index, stage in enumerate(stages):
         cfg = stage.config
         if cfg.model.source == PREVIOUS:
-            previous = Path(stages[index - 1].config.output_dir).expanduser().resolve() / "model"
-            cfg = from_dict({**_asdict(cfg), "model": {**_asdict(cfg)["model"], "source": str(previous)}})
+            cfg = _with_model(cfg, str(Path(stages[index - 1].config.output_dir).expanduser().resolve() / "model"))
         configs.append(cfg)
     return configs
-
-
-def _asdict(cfg: HoneConfig) -> dict[str, Any]:
-    from hone.training.config import to_dict
-
-    return to_dict(cfg)
 
 
 def check_stages(stages: list[Stage]) -> None:
@@ -164,24 +180,12 @@ def check_stages(stages: list[Stage]) -> None:
     first = stages[0].config.model.source
     for stage in stages:
         cfg = stage.config
-        if cfg.model.source == PREVIOUS:
-            cfg = from_dict({**_asdict(cfg), "model": {**_asdict(cfg)["model"], "source": first}})
-        if cfg.mode == "rl":
-            from hone.rl.prepare import prepare_rl
-
-            prepare_rl(cfg)
-        else:
-            from hone.training.prepare import prepare
-
-            prepare(cfg)
+        prepare_any(_with_model(cfg, first) if cfg.model.source == PREVIOUS else cfg)
 
 
-def run_pipeline(path: str | Path, overrides: list[str] = (), address: str | None = None) -> dict[str, Any]:  # type: ignore[assignment]
-    from hone.cluster.run import run
-
-    out, stages = load_pipeline(path, overrides)
+def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, Any]:
+    stages, out, answer_eval = pipeline.stages, pipeline.output_dir, pipeline.eval
     check_stages(stages)
-    answer_eval = load_answer_eval(path, overrides)
     questions = check_answer_eval(answer_eval) if answer_eval else None
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -227,7 +231,6 @@ def _answers(
     finished stage's export never changes."""
     import ray
 
-    from hone.cluster.connect import worker_bundle
     from hone.training.evaluate import answer_metrics
     from hone.training.models import resolve_source
 
@@ -235,13 +238,10 @@ def _answers(
     done = json.loads(cache.read_text()) if cache.exists() else {}
     if name in done:
         return done[name]
-    raw = _asdict(cfg)
-    raw["mode"] = "sft"
-    raw["eval"] |= {"max_new_tokens": spec.max_new_tokens, "max_samples": 0, "batch_size": spec.batch_size}
-    eval_cfg = from_dict(raw)
+    settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
+    eval_cfg = replace(cfg, mode="sft", eval=settings)
     print(f"hone: pipeline: {name}: answering {len(questions[1])} held-out questions ...", flush=True)
-    bundle = worker_bundle(cfg.scaling)
-    task = ray.remote(answer_metrics).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0))
+    task = worker_task(answer_metrics, cfg.scaling)
     model = model_dir or resolve_source(cfg.model.source)
     done[name] = ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))
     cache.write_text(json.dumps(done, indent=2))

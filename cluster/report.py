@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from hone.cluster.pipeline import format_answers_table, format_pipeline_table
-from hone.cluster.run import format_table
-from hone.cluster.rundir import read_json, read_jsonl
+from hone.cluster.rundir import format_table, read_json, read_jsonl
+from hone.training.errors import HoneError
 
 
-class ReportError(RuntimeError):
+class ReportError(HoneError, RuntimeError):
     """The directory holds nothing a report can be made from."""
 
 

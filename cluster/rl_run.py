@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hone.cluster.connect import ray_session
+from hone.cluster.hooks import NO_HOOKS, RunHooks
 from hone.cluster.progress import MetricsFile
-from hone.cluster.rundir import claim, inspect, read_json
+from hone.cluster.rundir import claim, finish_run, finished_run, inspect, read_json
 from hone.cluster.tracking import Tracker
-from hone.cluster.tune import report_rl_step
 from hone.rl.controller import Controller, reserve_roles
 from hone.rl.prepare import prepare_rl
 from hone.training.config import HoneConfig
 
 
-def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
-    from hone.cluster.run import finished_run, format_table
-
+def run_rl(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
     prepared = prepare_rl(cfg)
     run_dir, state = inspect(cfg)
     if state == "finished":
@@ -43,28 +42,37 @@ def run_rl(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
                 flush=True,
             )
             tracker = Tracker(cfg, run_dir)
-            with _Progress(run_dir, prepared.total_steps, tracker) as progress:
+            with _Progress(run_dir, prepared.total_steps, tracker, hooks.on_rl_step) as progress:
                 controller = Controller(cfg, prepared, run_dir, roles, progress.record)
-                result = controller.run(_cached_eval_before(run_dir))
+                controller.start()
+                result = controller.run(_eval_before(run_dir, controller, len(prepared.eval_prompts)))
         finally:
             roles.stop()
     summary = _summary(cfg, prepared.summary(), run_dir, result, progress.metrics, time.time() - started)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    finish_run(run_dir, summary)
     tracker.finish(summary)
-    print(format_table(summary))
     return summary
 
 
-def _cached_eval_before(run_dir: Path) -> dict[str, float] | None:
-    # The base policy's evaluation is kept so a resumed run does not pay for it twice.
-    return read_json(run_dir / "eval_before.json")
+def _eval_before(run_dir: Path, controller: Controller, num_prompts: int) -> dict[str, float]:
+    # Cached so a resumed run does not pay for the base policy's evaluation twice.
+    path = run_dir / "eval_before.json"
+    before = read_json(path)
+    if before is None:
+        print(f"hone: evaluating the base policy on {num_prompts} held-out prompts ...", flush=True)
+        before = controller.evaluate()
+        path.write_text(json.dumps(before))
+    print(f"hone: base policy mean reward {before['mean_reward']:.4f} on held-out prompts", flush=True)
+    return before
 
 
 class _Progress:
     """metrics.jsonl, W&B and a tqdm bar, fed one record per step by the controller."""
 
-    def __init__(self, run_dir: Path, total_steps: int, tracker: Tracker) -> None:
-        self.run_dir, self.total, self.tracker = run_dir, total_steps, tracker
+    def __init__(
+        self, run_dir: Path, total_steps: int, tracker: Tracker, on_step: Callable[[dict[str, Any]], None] | None
+    ) -> None:
+        self.run_dir, self.total, self.tracker, self.on_step = run_dir, total_steps, tracker, on_step
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")
 
     def __enter__(self) -> _Progress:
@@ -78,15 +86,11 @@ class _Progress:
         self.bar.close()
 
     def record(self, record: dict[str, Any]) -> None:
-        if record.get("event") == "eval_before":
-            before = {k: v for k, v in record.items() if k != "event"}
-            (self.run_dir / "eval_before.json").write_text(json.dumps(before))
-            print(f"hone: base policy mean reward {before['mean_reward']:.4f} on held-out prompts", flush=True)
-            return
         record["time"] = time.time()
         self.metrics.add(record)
         self.tracker.log(record)
-        report_rl_step(record)
+        if self.on_step:
+            self.on_step(record)
         self.bar.n = record["step"]
         self.bar.set_postfix(
             reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"

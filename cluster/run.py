@@ -1,209 +1,37 @@
-"""`hone run CONFIG.yaml`: pretrain, sft, dpo or reward on a Ray Train worker group running DeepSpeed.
+"""`hone run CONFIG.yaml`: the config's mode picks its entry point.
 
     hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
 
-Reads top to bottom: validate and tokenize (no Ray yet) -> claim the run dir -> start/join Ray ->
-check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the base model -> train
-(resumes automatically) -> evaluate the export -> summary.json and the before/after table.
+pretrain, sft, dpo and reward train on a Ray Train worker group (cluster/train_run.py); rl runs the
+actor-based loop (cluster/rl_run.py). Both read top to bottom from there.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hone.cluster.connect import check_placement, ray_session, worker_bundle
-from hone.cluster.progress import MetricsFile, RunLog, follow
-from hone.cluster.rundir import checkpoint_location, claim, inspect, local_checkpoints, remove_orphan_checkpoints
-from hone.cluster.tracking import Tracker
-from hone.training.config import HoneConfig, to_dict
-from hone.training.prepare import Prepared, attach_reference, prepare
-
-if TYPE_CHECKING:
-    from hone.cluster.tune import TrialLink
+from hone.cluster.hooks import NO_HOOKS, RunHooks
+from hone.training.config import HoneConfig
 
 
-def run(cfg: HoneConfig, address: str | None = None, trial: TrialLink | None = None) -> dict[str, Any]:
-    """`trial` is set inside a `hone tune` trial: where held-out results go, and (PBT) where to start."""
+def run(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
+    """Train the config's mode; returns the run's summary (what summary.json holds)."""
     if cfg.mode == "rl":
         from hone.cluster.rl_run import run_rl
 
-        return run_rl(cfg, address)
-    prepared = prepare(cfg)
-    run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
-    if state == "finished":
-        return finished_run(run_dir)
-    started = time.time()
-    with ray_session(address):
-        check_placement(cfg.scaling)
-        # Only now, with the workers known to fit, is the run dir written (or replaced).
-        run_dir, state = claim(cfg)
-        if state == "resume":
-            folder = local_checkpoints(*checkpoint_location(cfg, run_dir))
-            if folder is not None:  # in object storage orphans are left; Ray Train ignores them anyway
-                remove_orphan_checkpoints(run_dir, folder)
-        what = "resuming" if state == "resume" else "new"
-        print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
-        tracker = Tracker(cfg, run_dir)
-        if cfg.mode == "dpo":
-            _reference(cfg, prepared, run_dir)
-        before = _eval_before(cfg, prepared, run_dir)
-        workers, metrics = _train(cfg, prepared, run_dir, tracker, trial)
-        after = _evaluate(cfg, prepared, str(run_dir / "model"))
-    summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    tracker.finish(summary)
-    print(format_table(summary))
-    return summary
+        return run_rl(cfg, address, hooks)
+    from hone.cluster.train_run import run_train
+
+    return run_train(cfg, address, hooks)
 
 
-def finished_run(run_dir: Path) -> dict[str, Any]:
-    """A rerun of a finished run trains nothing: it shows the result again."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
-    print(format_table(summary))
-    return summary
+def prepare_any(cfg: HoneConfig) -> Any:
+    """Check the config's model and data the way its run will, with no Ray: `Prepared` (tokenized data and
+    step arithmetic) for the Train modes, `PreparedRl` (prompts and imported rewards) for rl."""
+    if cfg.mode == "rl":
+        from hone.rl.prepare import prepare_rl
 
+        return prepare_rl(cfg)
+    from hone.training.prepare import prepare
 
-def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, float]:
-    """The same evaluation for base and tuned model, as a Ray task with one worker's resources."""
-    import ray
-
-    from hone.training.evaluate import evaluate_model
-
-    bundle = worker_bundle(cfg.scaling)
-    # DEFAULT scheduling: inside a `hone tune` trial a task would otherwise land in the trial's own
-    # (tiny) placement group and never fit.
-    task = ray.remote(evaluate_model).options(
-        num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy="DEFAULT"
-    )
-    ref = task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt)
-    return ray.get(ref)
-
-
-def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
-    """DPO's frozen reference: the base model's log-probs of every train and eval pair, computed once as a
-    Ray task and cached in the run dir (a resumed run reuses them). Precomputing works under every ZeRO
-    stage and keeps a second model out of the training workers, at the cost of one no-grad pass."""
-    import ray
-
-    from hone.training.evaluate import reference_logps
-
-    path = run_dir / "reference_logps.json"
-    if path.exists():
-        logps = json.loads(path.read_text())
-    else:
-        print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
-        bundle = worker_bundle(cfg.scaling)
-        task = ray.remote(reference_logps).options(
-            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy="DEFAULT"
-        )
-        splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
-        logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
-        path.write_text(json.dumps(logps))
-    attach_reference(prepared, logps)
-
-
-def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str, float]:
-    # Cached so a resumed run does not pay for the base model's evaluation twice.
-    path = run_dir / "eval_before.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    print("hone: evaluating the base model ...", flush=True)
-    before = _evaluate(cfg, prepared, prepared.resolved_model)
-    path.write_text(json.dumps(before))
-    return before
-
-
-def _train(
-    cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, trial: TrialLink | None
-) -> tuple[list[dict[str, Any]], MetricsFile]:
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from hone.training.loop import train_worker
-
-    log = RunLog.remote()  # type: ignore[attr-defined]
-    plan = {
-        "config": to_dict(cfg),
-        "resolved_model": prepared.resolved_model,
-        "kind": prepared.kind,
-        "train_ref": ray.put(prepared.train_examples),
-        "eval_ref": ray.put(prepared.eval_examples),
-        "logger": log,
-        "run_dir": str(run_dir),
-        "total_steps": prepared.total_steps,
-        "start_from": trial.start_from if trial else None,
-    }
-    storage, name = checkpoint_location(cfg, run_dir)
-    s = cfg.scaling
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=plan,
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.use_gpu,
-            resources_per_worker=worker_bundle(s),
-            placement_strategy=s.placement_strategy,
-        ),
-        run_config=RunConfig(
-            # run_dir/checkpoints, or this run's own folder under scaling.storage_path (shared storage)
-            storage_path=storage,
-            name=name,
-            failure_config=FailureConfig(max_failures=s.max_failures),
-            callbacks=trial.callbacks() if trial else [],  # in a `hone tune` trial: live metrics for the scheduler
-            checkpoint_config=CheckpointConfig(num_to_keep=None if trial and trial.keep_all else cfg.checkpoint.keep),
-        ),
-    )
-    metrics = MetricsFile(run_dir / "metrics.jsonl")
-    done = threading.Event()
-    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done, tracker.log), daemon=True)
-    follower.start()
-    try:
-        trainer.fit()
-    finally:
-        done.set()
-        follower.join()
-    return ray.get(log.worker_info.remote()), metrics
-
-
-def _summary(
-    cfg: HoneConfig,
-    prepared: Prepared,
-    run_dir: Path,
-    before: dict[str, float],
-    after: dict[str, float],
-    workers: list[dict[str, Any]],
-    metrics: MetricsFile,
-    seconds: float,
-) -> dict[str, Any]:
-    steps = [r for r in metrics.lines if "step_seconds" in r]
-    train_seconds = sum(r["step_seconds"] for r in steps)
-    return {
-        "mode": cfg.mode,
-        "objective": prepared.kind,
-        "steps": prepared.total_steps,
-        "global_batch": prepared.global_batch,
-        "tokens_per_s": sum(r["tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
-        "real_tokens_per_s": sum(r["real_tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
-        "final_loss": steps[-1]["loss"] if steps else None,
-        "wall_seconds": seconds,
-        "model_path": str(run_dir / "model"),
-        "eval": {"before": before, "after": after},
-        "workers": workers,
-        "data": prepared.summary(),
-    }
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    before, after = summary["eval"]["before"], summary["eval"]["after"]
-    lines = [f"\n{'held-out metric':<18}{'before':>12}{'after':>12}{'change':>12}"]
-    for key in before:
-        b, a = before[key], after.get(key, float("nan"))
-        lines.append(f"{key:<18}{b:>12.4f}{a:>12.4f}{a - b:>+12.4f}")
-    lines.append(f"model: {summary['model_path']}")
-    return "\n".join(lines)
+    return prepare(cfg)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hone.training.config import HoneConfig, to_dict, to_yaml
+from hone.training.errors import HoneError
 
 # Settings that may change between a run and its resume without making it a different run.
 RESUMABLE_CHANGES = {"overwrite", "scaling.placement_timeout_s", "scaling.max_failures"}
@@ -30,7 +31,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-class RunDirError(RuntimeError):
+class RunDirError(HoneError, RuntimeError):
     """The output dir cannot be used for this run; nothing in it was changed."""
 
 
@@ -169,3 +170,31 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
     if orphans:
         print(f"hone: removed unregistered (partial) checkpoints {', '.join(orphans)}", flush=True)
     return orphans
+
+
+# ----------------------------------------------------------------------------------------------------
+# A run's result: summary.json and the before/after table every mode prints
+
+
+def finish_run(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write summary.json (which marks the run finished) and print the table."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+
+
+def finished_run(run_dir: Path) -> dict[str, Any]:
+    """A rerun of a finished run trains nothing: it shows the result again."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
+    print(format_table(summary))
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    before, after = summary["eval"]["before"], summary["eval"]["after"]
+    lines = [f"\n{'held-out metric':<18}{'before':>12}{'after':>12}{'change':>12}"]
+    for key in before:
+        b, a = before[key], after.get(key, float("nan"))
+        lines.append(f"{key:<18}{b:>12.4f}{a:>12.4f}{a - b:>+12.4f}")
+    lines.append(f"model: {summary['model_path']}")
+    return "\n".join(lines)

@@ -29,7 +29,10 @@ from typing import Any
 import yaml
 
 from hone.cluster.jobs import JobsError, connect, follow, guarded
-from hone.training.config import HoneConfig, to_dict
+from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline
+from hone.rl.rewards import RewardError, reward_module_files
+from hone.training.config import HoneConfig, PathKind, map_paths, to_dict
+from hone.training.models import looks_like_path
 
 # The dashboard refuses request bodies over 100 MiB (ray_constants.DASHBOARD_CLIENT_MAX_SIZE), and the
 # working_dir is uploaded as one zip in one request. hone stops below that with room for zip overhead.
@@ -57,15 +60,18 @@ class _Shipment:
         return self.files[path]
 
     def add_module(self, folder: str, function: str, field: str) -> str:
-        """A reward function's module (or top-level package) alone, in a folder of its own; the folder
-        becomes the spec's `path`. Shipping the whole config folder would drag along everything in it."""
-        top = function.partition(":")[0].split(".")[0]
-        base = Path(folder).expanduser().resolve()
-        module = base / top if (base / top).is_dir() else base / f"{top}.py"
-        if not module.exists():
-            raise JobsError(f"{field}: module {top} not found in {base}; set the reward's path to the folder holding it")
-        shipped = self.add(str(module), field)
-        return str(Path(shipped).parent) if shipped.startswith(SHIPPED) else str(module.parent)
+        """A reward function's module (or top-level package) alone, in a folder of its own that becomes the
+        reward's `path`. Shipping the whole config folder would drag along everything in it."""
+        try:
+            base, files = reward_module_files(folder, function)
+        except RewardError as err:
+            raise JobsError(f"{field}: {err}") from None
+        if any(base.is_relative_to(s) for s in self.shared):
+            return str(base)
+        home = f"{SHIPPED}/{len(self.files)}-reward"
+        for path in files:
+            self.files.setdefault(path, f"{home}/{path.relative_to(base).as_posix()}")
+        return home
 
     def check_size(self, limit: int) -> None:
         sizes = {path: _size(path) for path in self.files}
@@ -83,6 +89,7 @@ class _Shipment:
     def copy(self) -> None:
         (self.root / SHIPPED).mkdir(exist_ok=True)
         for path, rel in self.files.items():
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir():
                 shutil.copytree(path, self.root / rel)
             else:
@@ -105,27 +112,19 @@ def _mib(num_bytes: float) -> str:
 def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
     """The resolved config as a dict whose local paths point into the working dir. output_dir stays an
     absolute path: it names a folder on the cluster (shared storage for a multi-node run)."""
-    raw = to_dict(cfg)
-    raw["output_dir"] = str(Path(cfg.output_dir).expanduser().resolve())
-    data = raw["data"]
-    data["train"] = [shipment.add(p, "data.train") for p in data["train"]]
-    if isinstance(data["eval"], list):
-        data["eval"] = [shipment.add(p, "data.eval") for p in data["eval"]]
-    source = raw["model"]["source"]
-    if source != "previous" and _is_local(source):
-        raw["model"]["source"] = shipment.add(source, "model.source")
-    for i, spec in enumerate(raw["rl"]["rewards"] if cfg.mode == "rl" else []):
-        if spec["type"] == "function":
-            spec["path"] = shipment.add_module(spec["path"] or ".", spec["function"], f"rl.rewards[{i}].path")
-        if spec["type"] == "model" and _is_local(spec["source"]):
-            spec["source"] = shipment.add(spec["source"], f"rl.rewards[{i}].source")
-    return raw
 
+    def ship(key: str, value: Any, kind: PathKind, section: dict[str, Any]) -> Any:
+        if kind == "output":
+            return str(Path(value).expanduser().resolve())
+        if kind == "module":
+            return shipment.add_module(value, section["function"], key)
+        if kind == "data" and isinstance(value, str):
+            return shipment.add(value, key)
+        if kind == "model" and value != PREVIOUS and looks_like_path(value):
+            return shipment.add(value, key)
+        return value  # a hub id, `previous`, eval as a fraction, storage (already shared or a URI)
 
-def _is_local(source: str) -> bool:
-    from hone.training.models import looks_like_path
-
-    return looks_like_path(source)
+    return map_paths(to_dict(cfg), ship)
 
 
 def submit_config(args: argparse.Namespace, cfg: HoneConfig) -> int:
@@ -134,18 +133,19 @@ def submit_config(args: argparse.Namespace, cfg: HoneConfig) -> int:
     return _submit(args, command, lambda shipment: ship_config(cfg, shipment))
 
 
-def submit_pipeline(args: argparse.Namespace, out: Path, stages: list[Any], answer_eval: Any = None) -> int:
-    return _submit(args, "run", lambda shipment: ship_pipeline(out, stages, shipment, answer_eval))
+def submit_pipeline(args: argparse.Namespace, pipeline: Pipeline) -> int:
+    return _submit(args, "run", lambda shipment: ship_pipeline(pipeline, shipment))
 
 
-def ship_pipeline(out: Path, stages: list[Any], shipment: _Shipment, answer_eval: Any = None) -> dict[str, Any]:
+def ship_pipeline(pipeline: Pipeline, shipment: _Shipment) -> dict[str, Any]:
     """A pipeline ships as one pipeline file with every stage inline, its paths rewritten
     (`model.source: previous` stays: it names the previous stage's export on the cluster), and its
     `eval:` questions file with it."""
-    shipped = [{"name": s.name, **ship_config(s.config, shipment)} for s in stages]
-    raw: dict[str, Any] = {"output_dir": str(out.expanduser().resolve()), "stages": shipped}
-    if answer_eval:
-        raw["eval"] = dataclasses.asdict(answer_eval) | {"data": shipment.add(answer_eval.data, "eval.data")}
+    shipped = [{"name": s.name, **ship_config(s.config, shipment)} for s in pipeline.stages]
+    raw: dict[str, Any] = {"output_dir": str(pipeline.output_dir.expanduser().resolve()), "stages": shipped}
+    if pipeline.eval:
+        questions = dataclasses.asdict(pipeline.eval)
+        raw["eval"] = map_paths(questions, lambda key, value, kind, _: shipment.add(value, f"eval.{key}"), AnswerEval)
     return raw
 
 

@@ -21,13 +21,14 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hone.cluster.connect import ray_session
+from hone.cluster.hooks import RunHooks
+from hone.cluster.run import prepare_any, run
 from hone.cluster.rundir import claim, read_json, read_jsonl
 from hone.training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
 
@@ -149,26 +150,6 @@ def _number(value: Any) -> Any:
     return value
 
 
-def in_trial() -> bool:
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-    return _in_tune_session()
-
-
-@dataclass
-class TrialLink:
-    """What a training-loop run inside a trial needs from it: the queue its held-out reports travel back
-    on, and (PBT) the copy of another trial's checkpoint to start from."""
-
-    reports: Any  # ray.util.queue.Queue
-    start_from: str | None = None
-    # PBT may clone any checkpoint a trial was scored at, so none is deleted until the sweep ends.
-    keep_all: bool = False
-
-    def callbacks(self) -> list[Any]:
-        return [_live_metrics(self.reports)]
-
-
 def _live_metrics(reports: Any) -> Any:
     """A Ray Train callback, run in Train's controller: it sends each held-out report (rank 0's), with the
     path of the checkpoint saved with it, to the trial, which reports it to Tune. Ray's own
@@ -189,15 +170,14 @@ def _live_metrics(reports: Any) -> Any:
     return LiveMetrics()
 
 
-def report_rl_step(record: dict[str, Any]) -> None:
-    """Inside a trial: each RL step's mean reward (and reward parts) for ASHA."""
-    if in_trial():
-        from ray import tune
+def _report_rl_step(record: dict[str, Any]) -> None:
+    """Each RL step's mean reward (and reward parts), for ASHA; called in the trial's own thread."""
+    from ray import tune
 
-        tune.report(
-            {"mean_reward": record["reward_mean"], "step": record["step"]}
-            | {k: v for k, v in record.items() if k.startswith("reward/")}
-        )
+    tune.report(
+        {"mean_reward": record["reward_mean"], "step": record["step"]}
+        | {k: v for k, v in record.items() if k.startswith("reward/")}
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,7 +186,7 @@ def report_rl_step(record: dict[str, Any]) -> None:
 
 def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     check_tune(cfg)
-    _check_base_run(cfg)
+    prepare_any(cfg)  # data and model checked once, with the base config, before any trial starts
     sweep = Path(cfg.output_dir).expanduser().resolve()
     sweep.mkdir(parents=True, exist_ok=True)
     with ray_session(address):
@@ -216,18 +196,6 @@ def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
         report = _write_sweep(cfg, sweep, results)
     print(format_sweep(report))
     return report
-
-
-def _check_base_run(cfg: HoneConfig) -> None:
-    """Validate data and model once, with the base config, before any trial starts."""
-    if cfg.mode == "rl":
-        from hone.rl.prepare import prepare_rl
-
-        prepare_rl(cfg)
-    else:
-        from hone.training.prepare import prepare
-
-        prepare(cfg)
 
 
 def _fit(cfg: HoneConfig, sweep: Path) -> Any:
@@ -287,8 +255,6 @@ def trial(params: dict[str, Any], base: dict[str, Any], sweep: str) -> None:
     """One trial: the base config with the sampled values, run as an ordinary hone run in its own dir."""
     from ray import tune
 
-    from hone.cluster.run import run
-
     raw = copy.deepcopy(base)
     raw["tune"] = {}
     run_dir = Path(sweep) / "trials" / tune.get_context().get_trial_id()
@@ -299,7 +265,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], sweep: str) -> None:
         apply_override(raw, f"{key}={json.dumps(value)}")
     cfg = from_dict(raw)
     if cfg.mode == "rl":
-        summary = run(cfg)  # the RL controller reports every step to Tune itself (report_rl_step)
+        summary = run(cfg, hooks=RunHooks(on_rl_step=_report_rl_step))
     else:
         pbt = base["tune"]["scheduler"] == "pbt"
         summary = _run_reporting(cfg, _start_checkpoint(cfg, run_dir, params), keep_all=pbt)
@@ -312,22 +278,21 @@ def _run_reporting(cfg: HoneConfig, start_from: str | None, keep_all: bool) -> d
     with a pointer to the checkpoint saved with it (what PBT clones)."""
     from ray.util.queue import Empty, Queue
 
-    from hone.cluster.run import run
-
-    link = TrialLink(Queue(maxsize=1, actor_options={"num_cpus": 0}), start_from, keep_all=keep_all)
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    hooks = RunHooks(train_callbacks=(_live_metrics(reports),), keep_all_checkpoints=keep_all, start_from=start_from)
     outcome: dict[str, Any] = {}
 
     def train() -> None:
         try:
-            outcome["summary"] = run(cfg, trial=link)
+            outcome["summary"] = run(cfg, hooks=hooks)
         except BaseException as err:  # re-raised in Tune's thread, so the trial fails with it
             outcome["error"] = err
 
     worker = threading.Thread(target=train, name="hone-trial-run", daemon=True)
     worker.start()
-    while worker.is_alive() or not link.reports.empty():
+    while worker.is_alive() or not reports.empty():
         try:
-            item = link.reports.get(timeout=1.0)
+            item = reports.get(timeout=1.0)
         except Empty:
             continue
         _report(item, Path(cfg.output_dir))

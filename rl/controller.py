@@ -33,7 +33,7 @@ from hone.rl.policy import PolicyWorker, checkpoint_path
 from hone.rl.prepare import PreparedRl
 from hone.rl.rewards import RewardError
 from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
-from hone.training.config import HoneConfig, to_dict
+from hone.training.config import HoneConfig
 
 COMMITTED = "COMMITTED"
 # Ray restarts a crashed rollout/reward/reference actor this many times before the run gives up.
@@ -91,21 +91,20 @@ class Controller:
         self, cfg: HoneConfig, prepared: PreparedRl, run_dir: Path, roles: Roles, log: Callable[[dict[str, Any]], None]
     ) -> None:
         self.cfg, self.prepared, self.run_dir, self.roles, self.log = cfg, prepared, run_dir, roles, log
-        self.config = to_dict(cfg)
-        self.version, self.weights = 0, list[Any]()  # version 0: the base weights every actor starts with
+        self.version = 0  # version 0: the base weights every actor starts with
+        self.weights: list[Any] = []
         self.restarts = {"rollout": 0, "reward": 0, "reference": 0, "policy": 0}
 
     # ------------------------------------------------------------------------------------------------
     # The run
 
-    def run(self, eval_before: dict[str, float] | None) -> dict[str, Any]:
+    def start(self) -> None:
+        """Start every role's actors; then `evaluate()` and `run()` can be called."""
         self._start_workers()
         self._start_policy()
-        if eval_before is None:
-            print(f"hone: evaluating the base policy on {len(self.prepared.eval_prompts)} held-out prompts ...", flush=True)
-        before = eval_before or self.evaluate()
-        if eval_before is None:
-            self.log({"event": "eval_before", **before})
+
+    def run(self, before: dict[str, float]) -> dict[str, Any]:
+        """Train (resuming from the last checkpoint), evaluate, export; `before` is the base policy's evaluation."""
         self._train_with_recovery()
         print("hone: evaluating the trained policy ...", flush=True)
         after = self.evaluate()
@@ -158,19 +157,19 @@ class Controller:
         env = _env(self.cfg)
         self.roles.rollout.start(
             RolloutWorker,
-            [(self.config, p.resolved_model, p.add_special_tokens)] * self.roles.rollout.num_actors,
+            [(self.cfg, p.resolved_model, p.add_special_tokens)] * self.roles.rollout.num_actors,
             ACTOR_RESTARTS,
             env,
         )
-        self.roles.reward.start(RewardWorker, [(self.config,)] * self.roles.reward.num_actors, ACTOR_RESTARTS, env)
+        self.roles.reward.start(RewardWorker, [(self.cfg,)] * self.roles.reward.num_actors, ACTOR_RESTARTS, env)
         if self.roles.reference:
             self.roles.reference.start(
-                ReferenceWorker, [(self.config, p.resolved_model)] * self.roles.reference.num_actors, ACTOR_RESTARTS, env
+                ReferenceWorker, [(self.cfg, p.resolved_model)] * self.roles.reference.num_actors, ACTOR_RESTARTS, env
             )
 
     def _start_policy(self) -> None:
         group, world = self.roles.policy, self.roles.policy.num_actors
-        args = [(self.config, self.prepared.resolved_model, rank, world, self.prepared.total_steps) for rank in range(world)]
+        args = [(self.cfg, self.prepared.resolved_model, rank, world, self.prepared.total_steps) for rank in range(world)]
         group.start(PolicyWorker, args, max_restarts=0, env=_env(self.cfg))
         master = ray.get(group.actors[0].address.remote())
         self._policy_get([a.setup.remote(master) for a in group.actors])
@@ -189,7 +188,7 @@ class Controller:
 
     def _collect(self, group: ActorGroup, calls: list[tuple[int, str, tuple, Any]]) -> list[Any]:
         """Results of per-actor calls, in order. A call whose actor died is issued again to the same actor
-        once Ray has restarted it (calls to a restarting actor wait for it)."""
+        once Ray has restarted it (`_wait_alive`: calls made while it restarts fail rather than wait)."""
         results = []
         for index, method, args, ref in calls:
             for attempt in range(ACTOR_RESTARTS + 1):

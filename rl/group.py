@@ -13,8 +13,10 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from hone.training.errors import HoneError
 
-class RolePlacementError(RuntimeError):
+
+class RolePlacementError(HoneError, RuntimeError):
     """A role's actors cannot be placed on this cluster; nothing was started or written."""
 
 

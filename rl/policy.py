@@ -17,7 +17,7 @@ from typing import Any
 from hone.rl.algorithms import kl_per_token, policy_loss
 from hone.rl.batch import RolloutBatch
 from hone.rl.workers import Located, cpu_threads
-from hone.training.config import from_dict
+from hone.training.config import HoneConfig
 
 CHECKPOINT_TAG = "policy"
 
@@ -32,8 +32,8 @@ def free_address() -> tuple[str, int]:
 
 
 class PolicyWorker(Located):
-    def __init__(self, config: dict[str, Any], resolved: str, rank: int, world: int, total_steps: int) -> None:
-        self.cfg = from_dict(config)
+    def __init__(self, cfg: HoneConfig, resolved: str, rank: int, world: int, total_steps: int) -> None:
+        self.cfg = cfg
         if not self.cfg.scaling.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         import torch
@@ -153,8 +153,7 @@ class PolicyWorker(Located):
     def export(self, run_dir: str) -> None:
         from hone.training.export import export_model
 
-        plan = {"resolved_model": self.resolved, "kind": "causal", "run_dir": run_dir}
-        export_model(self.engine, self.cfg, plan, self.tokenizer, self.rank)
+        export_model(self.engine, self.cfg, self.resolved, "causal", Path(run_dir) / "model", self.tokenizer, self.rank)
 
     def shutdown(self) -> None:
         import torch.distributed as dist

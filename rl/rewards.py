@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from hone.training.config import RewardSpec
+from hone.training.data import normalize_answer
+from hone.training.errors import HoneError
 
 RewardFn = Callable[..., list[float]]
 # Passed to every function beside the row fields; not a row field itself.
 EXTRA_FIELDS = ("completion_lengths",)
 
 
-class RewardError(ValueError):
+class RewardError(HoneError, ValueError):
     """A reward cannot be used or returned a bad value; the message names the reward, the sample and the fix."""
 
 
@@ -45,13 +47,9 @@ def reward_name(spec: RewardSpec) -> str:
 # Built-in rules: pure functions of the texts
 
 
-def normalize(text: str) -> str:
-    return " ".join(str(text).split()).strip().lower()
-
-
 def exact_match(completions: list[str], references: list[Any]) -> list[float]:
     """1 when the completion equals the reference, ignoring case and whitespace runs."""
-    return [float(normalize(c) == normalize(r)) for c, r in zip(completions, references, strict=True)]
+    return [float(normalize_answer(c) == normalize_answer(r)) for c, r in zip(completions, references, strict=True)]
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -130,6 +128,20 @@ def import_function(spec: RewardSpec, key: str, search_dirs: list[str]) -> Rewar
     return fn
 
 
+def reward_module_files(folder: str, function: str) -> tuple[Path, list[Path]]:
+    """What a `module:function` reward needs on another machine: the files of its top-level package (all
+    of them, so the package's own imports work) or its one module file, and the folder they sit in (the
+    reward's `path`). `hone submit` and `hone k8s render` both ship exactly these."""
+    top = function.partition(":")[0].split(".")[0]
+    base = Path(folder or ".").expanduser().resolve()
+    if (base / top).is_dir():
+        files = [p for p in sorted((base / top).rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+        return base, files
+    if (base / f"{top}.py").is_file():
+        return base, [base / f"{top}.py"]
+    raise RewardError(f"module {top} of {function!r} not found in {base}; set the reward's path to the folder holding it")
+
+
 def check_signature(fn: Callable[..., Any], where: str) -> None:
     try:
         params = inspect.signature(fn).parameters
@@ -176,15 +188,3 @@ def bad_values(name: str, values: list[Any], prompts: list[str], completions: li
                 (i, f"reward {name!r} returned {value!r} for sample {i} (prompt {prompts[i]!r}, completion {completions[i]!r})")
             )
     return bad
-
-
-def weighted_total(parts: dict[str, list[float]], weights: dict[str, float], invalid: set[int], size: int) -> list[float]:
-    """The weighted sum of the reward parts per sample; invalid samples get 0 (they carry no gradient)."""
-    return [0.0 if i in invalid else sum(weights[k] * parts[k][i] for k in parts) for i in range(size)]
-
-
-def search_dirs(config_dir: str | None) -> list[str]:
-    dirs = [str(Path.cwd())]
-    if config_dir:
-        dirs.insert(0, config_dir)
-    return dirs

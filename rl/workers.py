@@ -9,7 +9,6 @@ on its own before generating, and a re-issued call gives the same samples.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from hone.rl.batch import RolloutBatch
 from hone.rl.logprobs import completion_logp, completion_mask, token_logp
 from hone.rl.rewards import RewardError, bad_values, builtin, call_reward, import_function, reward_name
-from hone.training.config import HoneConfig, from_dict
+from hone.training.config import HoneConfig
 
 
 class Located:
@@ -58,8 +57,8 @@ def _load(cfg: HoneConfig, resolved: str, with_lora: bool) -> tuple[Any, Any]:
 
 
 class RolloutWorker(Located):
-    def __init__(self, config: dict[str, Any], resolved: str, add_special_tokens: bool) -> None:
-        self.cfg = from_dict(config)
+    def __init__(self, cfg: HoneConfig, resolved: str, add_special_tokens: bool) -> None:
+        self.cfg = cfg
         _threads(self.cfg, self.cfg.rl.rollout.cpus, self.cfg.rl.rollout.num_workers)
         self.model, self.tokenizer = _load(self.cfg, resolved, self.cfg.lora.enabled)
         self.device = next(self.model.parameters()).device
@@ -129,8 +128,8 @@ class RolloutWorker(Located):
 class ReferenceWorker(Located):
     """The frozen starting policy, for the KL penalty."""
 
-    def __init__(self, config: dict[str, Any], resolved: str) -> None:
-        self.cfg = from_dict(config)
+    def __init__(self, cfg: HoneConfig, resolved: str) -> None:
+        self.cfg = cfg
         _threads(self.cfg, self.cfg.rl.reference.cpus, self.cfg.rl.reference.num_workers)
         self.model, _ = _load(self.cfg, resolved, with_lora=False)
         self.device = next(self.model.parameters()).device
@@ -143,8 +142,8 @@ class ReferenceWorker(Located):
 class RewardWorker(Located):
     """Scores completions with every configured reward: rules, user functions and reward models."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.cfg = from_dict(config)
+    def __init__(self, cfg: HoneConfig) -> None:
+        self.cfg = cfg
         _threads(self.cfg, self.cfg.rl.reward.cpus, self.cfg.rl.reward.num_workers)
         self.scorers: dict[str, Any] = {}
         for i, spec in enumerate(self.cfg.rl.rewards):
@@ -160,9 +159,8 @@ class RewardWorker(Located):
 
     def score(
         self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]], lengths: list[int]
-    ) -> tuple[dict[str, list[float]], list[tuple[int, str]], float]:
-        """Each reward's raw values (NaN where a value was bad), the bad values described, and the seconds."""
-        started = time.perf_counter()
+    ) -> tuple[dict[str, list[float]], list[tuple[int, str]]]:
+        """Each reward's raw values (NaN where a value was bad), and the bad values described."""
         keys = sorted({k for r in rows for k in r} - {"_source", "prompt"})
         fields: dict[str, list[Any]] = {k: [r.get(k) for r in rows] for k in keys}
         fields["completion_lengths"] = lengths
@@ -178,4 +176,4 @@ class RewardWorker(Located):
             broken = {i for i, _ in problems}
             parts[name] = [float("nan") if i in broken else float(v) for i, v in enumerate(values)]
             bad += problems
-        return parts, bad, time.perf_counter() - started
+        return parts, bad

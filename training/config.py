@@ -11,27 +11,47 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from hone.training.errors import HoneError
 
-class ConfigError(ValueError):
+
+class ConfigError(HoneError, ValueError):
     """A config problem the user must fix; the message says where and how."""
 
 
-@dataclass
+# What a path field holds, which decides how it is resolved (against the config file's folder) and how
+# it travels to a cluster (`hone submit` ships it, `hone k8s render` puts it in the pod):
+#   data    a data file or folder (a list field holds several)   model    a local model or a hub id
+#   module  the folder a reward function is imported from        output   a run dir (made on the cluster)
+#   storage checkpoint storage: an absolute shared path or a URI
+PathKind = Literal["data", "model", "module", "output", "storage"]
+
+
+def path_field(kind: PathKind, default: Any = "", *, factory: Callable[[], Any] | None = None, when_type: str = "") -> Any:
+    """Declare a config field that holds a local path: the one place it is said. `when_type`: the field is
+    a path only in a section whose `type` is this (a reward's `source` is a model only for type: model)."""
+    metadata = {"path": kind, "when_type": when_type}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     # A local Hugging Face directory, a .gguf file, or a hub id such as "HuggingFaceTB/SmolLM2-135M".
-    source: str = ""
+    source: str = path_field("model")
     trust_remote_code: bool = False
     # auto: masked LM for encoder-only models (BERT-style), causal LM otherwise.
     objective: Literal["auto", "causal", "masked"] = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraConfig:
     enabled: bool = False
     rank: int = 16
@@ -41,20 +61,20 @@ class LoraConfig:
     target_modules: str | list[str] = "all-linear"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     # Files (jsonl, json, csv, parquet, txt, md), folders of txt/md files, or a saved `datasets` directory.
-    train: list[str] = field(default_factory=list)
+    train: list[str] = path_field("data", factory=list)
     format: Literal["auto", "text", "prompt_completion", "messages", "instruction"] = "auto"
     # A fraction of the rows held out, or a list of files holding the eval rows.
-    eval: float | list[str] = 0.1
+    eval: float | list[str] = path_field("data", 0.1)
     max_seq_len: int = 512
     packing: bool = False
     # Share of tokens masked for masked-LM pretraining.
     mlm_probability: float = 0.15
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 2e-5
     warmup_steps: int = 0
@@ -66,7 +86,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     num_epochs: int = 1
     # 0 means "derived from num_epochs and the data".
@@ -75,7 +95,7 @@ class TrainConfig:
     grad_accum: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeepSpeedConfig:
     zero_stage: int = 0
     offload_optimizer: bool = False
@@ -86,7 +106,7 @@ class DeepSpeedConfig:
     param_persistence_threshold: int = 100_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
@@ -99,17 +119,17 @@ class ScalingConfig:
     max_failures: int = 2
     # Where Ray Train keeps checkpoints: empty means output_dir/checkpoints. On a multi-node cluster it
     # must be storage every node reaches: an absolute path on a shared filesystem, or s3:// / gs:// URI.
-    storage_path: str = ""
+    storage_path: str = path_field("storage")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointConfig:
     # 0 means only the end of training.
     every_steps: int = 0
     keep: int = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     # Held-out loss every N steps (0: only before and after training).
     every_steps: int = 0
@@ -119,7 +139,7 @@ class EvalConfig:
     batch_size: int = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     # Empty project: no W&B run. metrics.jsonl and summary.json are always written.
     project: str = ""
@@ -130,18 +150,18 @@ class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DpoConfig:
     # Strength of the implicit KL to the frozen reference in the DPO loss (TRL's `beta`).
     beta: float = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardSpec:
     """One weighted reward term. `type` picks the scorer; the other fields are its settings."""
 
@@ -158,12 +178,12 @@ class RewardSpec:
     # function: "package.module:function" with the signature documented in rl/rewards.py.
     function: str = ""
     # function: a folder put on the import path first; defaults to the config file's folder.
-    path: str = ""
+    path: str = path_field("module", when_type="function")
     # model: a sequence-classification checkpoint (for example a `mode: reward` export).
-    source: str = ""
+    source: str = path_field("model", when_type="model")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoleConfig:
     """Resources for one actor group. `resources` holds custom Ray resources, which is how a role is
     pinned to nodes: start those nodes with `--resources '{"rollout": 1}'` and ask for {rollout: 0.01}."""
@@ -174,14 +194,14 @@ class RoleConfig:
     resources: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class RlConfig:
     # Baseline for the group advantage: grpo (mean/std), rloo (leave-one-out), reinforce_pp (mean, batch-whitened).
     advantage: Literal["grpo", "rloo", "reinforce_pp"] = "grpo"
@@ -208,7 +228,7 @@ class RlConfig:
     policy_resources: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchDim:
     """One dimension of a tuning search space."""
 
@@ -219,7 +239,7 @@ class SearchDim:
     values: list[Any] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneConfig:
     # Dotted config key -> dimension, e.g. {optim.lr: {type: loguniform, low: 1e-5, high: 1e-3}}.
     space: dict[str, SearchDim] = field(default_factory=dict)
@@ -240,10 +260,10 @@ class TuneConfig:
     max_concurrent_trials: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class HoneConfig:
     mode: Literal["pretrain", "sft", "dpo", "reward", "rl"] = "sft"
-    output_dir: str = "runs/latest"
+    output_dir: str = path_field("output", "runs/latest")
     # Replace an output dir that holds a different run. Without it hone refuses and touches nothing.
     overwrite: bool = False
     seed: int = 42
@@ -268,54 +288,95 @@ class HoneConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> HoneConfig:  # type: ignore[assignment]
     """Read a YAML file of overrides, apply `key=value` overrides on top, and validate everything."""
-    raw = read_raw(path) if path is not None else {}
+    return config_from_raw(read_raw(path) if path is not None else {}, overrides)
+
+
+def config_from_raw(raw: dict[str, Any], overrides: list[str] = ()) -> HoneConfig:  # type: ignore[assignment]
+    """A config file's mapping (as read_raw returns it) with `key=value` overrides on top, built and checked."""
     for item in overrides:
         apply_override(raw, item)
-    cfg = build(HoneConfig, raw, prefix="")
-    check(cfg)
-    return cfg
+    return from_dict(raw)
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:
     """A config file as a mapping, with its relative paths made relative to the file's folder."""
+    return resolve_paths(read_yaml(path), Path(path).parent)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config or pipeline file as a mapping, exactly as written."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass the path of a YAML config")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path} is not valid YAML{where}: {what}; fix the file (or check its indentation)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
-    return resolve_paths(raw, path.parent)
-
-
-def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Paths in a config file (data, model, output_dir) are relative to that file, so configs travel with
-    their data. Paths given as command-line overrides are relative to the working directory."""
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in ("train", "eval"):
-            value = data.get(key)
-            if isinstance(value, str):
-                value = [value]
-            if isinstance(value, list):
-                data[key] = [_rebase(v, base) for v in value]
-    rl = raw.get("rl")
-    if isinstance(rl, dict) and isinstance(rl.get("rewards"), list):
-        for spec in rl["rewards"]:
-            if isinstance(spec, dict) and isinstance(spec.get("source"), str):
-                spec["source"] = _rebase(spec["source"], base)
-            if isinstance(spec, dict) and spec.get("type") == "function":
-                spec["path"] = _rebase(spec.get("path") or ".", base)
-    if isinstance(raw.get("output_dir"), str):
-        raw["output_dir"] = _rebase(raw["output_dir"], base)
-    model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("source"), str):
-        candidate = _rebase(model["source"], base)
-        if Path(candidate).exists() or model["source"].startswith("."):
-            model["source"] = candidate
     return raw
+
+
+def map_paths(
+    raw: dict[str, Any],
+    fn: Callable[[str, Any, PathKind, dict[str, Any]], Any],
+    cls: type | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Replace, in place, every path field of `raw` (a config of class `cls` as a dict) by
+    `fn(key, value, kind, section)`; `section` is the dict holding the field. A list of paths is visited
+    entry by entry (`data.train[0]`); a field missing from `raw` is visited with None, and None back
+    leaves it missing. Resolving, `hone submit` and `hone k8s render` all walk the paths with this."""
+    cls = cls or HoneConfig
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, value = prefix + f.name, raw.get(f.name)
+        kind = f.metadata.get("path")
+        if kind:
+            if f.metadata["when_type"] and raw.get("type", getattr(cls, "type", None)) != f.metadata["when_type"]:
+                continue
+            if isinstance(value, list):
+                raw[f.name] = [fn(f"{key}[{i}]", v, kind, raw) for i, v in enumerate(value)]
+            elif (new := fn(key, value, kind, raw)) is not None:
+                raw[f.name] = new
+        elif (section := _section_class(hints[f.name])) and isinstance(value, dict):
+            map_paths(value, fn, section, f"{key}.")
+        elif typing.get_origin(hints[f.name]) is list and isinstance(value, list):
+            item = typing.get_args(hints[f.name])[0]
+            for i, entry in enumerate(value):
+                if _is_dataclass(item) and isinstance(entry, dict):
+                    map_paths(entry, fn, item, f"{key}[{i}].")
+    return raw
+
+
+def _is_dataclass(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _section_class(hint: Any) -> type | None:
+    """The dataclass a field holds, also when it is optional (`AnswerEval | None`)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    return next((o for o in options if _is_dataclass(o)), None)
+
+
+def resolve_paths(raw: dict[str, Any], base: Path, cls: type | None = None) -> dict[str, Any]:
+    """Paths in a config file (data, model, output_dir, ...) are relative to that file, so configs travel
+    with their data. Paths given as command-line overrides are relative to the working directory."""
+
+    def rebase(key: str, value: Any, kind: PathKind, section: dict[str, Any]) -> Any:
+        if kind == "module":  # a reward function is imported from the config's folder unless told otherwise
+            return _rebase(value or ".", base)
+        if kind == "storage" or not isinstance(value, str):
+            return value  # storage is absolute (checked) or a URI; eval: 0.1 is a fraction, not a path
+        if kind == "model":  # a hub id stays one: only an existing path, or one spelled ./..., is local
+            candidate = _rebase(value, base)
+            return candidate if Path(candidate).exists() or value.startswith(".") else value
+        return _rebase(value, base)
+
+    return map_paths(raw, rebase, cls)
 
 
 def _rebase(value: Any, base: Path) -> Any:
@@ -384,12 +445,20 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
         return value
     if origin in (types.UnionType, typing.Union):
+        errors = []
         for option in typing.get_args(hint):
             try:
                 return _coerce(option, value, key)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                errors.append((option, err))
+        for option, error in errors:  # a mapping meant for a section: its own error ("did you mean") says more
+            if _is_dataclass(option) and isinstance(value, dict):
+                raise error
         raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(hint)}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}={value!r} must be empty (null)")
+        return None
     if origin is list:
         item = typing.get_args(hint)[0]
         if isinstance(value, str) and item is str:
@@ -609,6 +678,7 @@ def to_yaml(cfg: HoneConfig) -> str:
 
 
 def from_dict(raw: dict[str, Any]) -> HoneConfig:
+    """A config from a mapping of its keys (a file's overrides, or a whole `to_dict`), built and checked."""
     cfg = build(HoneConfig, raw, prefix="")
     check(cfg)
     return cfg

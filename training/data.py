@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.training.config import DataConfig
+from hone.training.errors import HoneError
 
 TEXT_SUFFIXES = {".txt", ".md"}
 # The fields each format needs, in detection order: the first format whose fields the first row holds wins.
@@ -28,7 +29,13 @@ FORMAT_FIELDS = {
 PREFERENCE_MODES = ("dpo", "reward")
 
 
-class DataError(ValueError):
+def normalize_answer(text: Any) -> str:
+    """How every exact match in hone compares an answer with its reference (the sft and pipeline
+    evaluations, the RL `exact_match` reward): whitespace runs collapsed, case ignored."""
+    return " ".join(str(text).split()).lower()
+
+
+class DataError(HoneError, ValueError):
     """A data problem the user must fix; the message names the file, the row and the fix."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from hone.training.batches import collate_pairs
 from hone.training.config import HoneConfig
-from hone.training.data import PREFERENCE_MODES, Row
+from hone.training.data import PREFERENCE_MODES, Row, normalize_answer
 from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
 from hone.training.tokens import Example, generation_prompt, reference_completion
 
@@ -84,14 +84,11 @@ def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneC
     return total / max(count, 1)
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.split()).strip()
-
-
 def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> dict[str, float]:
     """Greedy completions of the held-out prompts against their references.
 
-    exact_match: the completion equals the reference (whitespace-normalized).
+    exact_match: the completion equals the reference, ignoring case and whitespace runs (as the RL
+                 `exact_match` reward compares them: training/data.py normalize_answer).
     contains:    the completion contains the row's `key_fact` (or else the reference), ignoring case: a
                  right answer inside a sentence still counts.
     Rows with a `group` field are also scored per group (`exact_match/<group>`, `contains/<group>`).
@@ -102,8 +99,8 @@ def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cf
     for completion, row in zip(completions, rows, strict=True):
         reference = reference_completion(row, fmt, tokenizer)
         key = str(row.get("key_fact") or reference)
-        exact.append(float(normalize(completion) == normalize(reference)))
-        contains.append(float(normalize(key).lower() in normalize(completion).lower()))
+        exact.append(float(normalize_answer(completion) == normalize_answer(reference)))
+        contains.append(float(normalize_answer(key) in normalize_answer(completion)))
     out = {"exact_match": _mean(exact), "contains": _mean(contains)}
     for group in sorted({str(r["group"]) for r in rows if r.get("group") is not None}):
         members = [i for i, r in enumerate(rows) if str(r.get("group")) == group]

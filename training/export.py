@@ -28,13 +28,14 @@ def _cpu_copy(module: Any) -> dict[str, Any]:
     return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def export_model(engine: Any, cfg: HoneConfig, plan: dict[str, Any], tokenizer: Any, rank: int) -> None:
+def export_model(engine: Any, cfg: HoneConfig, resolved: str, kind: str, out: Path, tokenizer: Any, rank: int) -> None:
+    """Every rank calls this; rank 0 writes `out` (the run's model/) from the base model `resolved`."""
     import torch.distributed as dist
 
     state = full_state_dict(engine, cfg.deepspeed.zero_stage, rank)
     if rank == 0:
         assert state is not None
-        write_model_dir(state, cfg, plan["resolved_model"], plan["kind"], tokenizer, Path(plan["run_dir"]) / "model")
+        write_model_dir(state, cfg, resolved, kind, tokenizer, out)
     dist.barrier()
 
 

@@ -6,8 +6,8 @@ Each Ray Train worker runs `train_worker(plan)`:
     resume? -> for each step: grad_accum x (batch -> engine(batch) -> engine.backward(loss) -> engine.step())
             -> log -> eval every N -> checkpoint every K -> export model/ at the end
 
-The driver (cluster/run.py) builds the plan: the resolved config, the tokenized examples in the object
-store, and a handle to the run log actor that receives rank 0's per-step metrics.
+The driver (cluster/train_run.py) builds the `TrainPlan`: the config, the tokenized examples in the
+object store, and a handle to the run log actor that receives rank 0's per-step metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
-from hone.training.config import HoneConfig, from_dict
+from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
 from hone.training.ds_config import initialize_engine
 from hone.training.forward import step_loss_sum, summed_loss
@@ -26,9 +28,26 @@ from hone.training.losses import mean_loss
 from hone.training.tokens import IGNORE, Example
 
 
-def train_worker(plan: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything a Ray Train worker gets from the driver."""
+
+    config: HoneConfig
+    resolved_model: str  # the local model directory the run starts from (a converted GGUF, a hub download)
+    kind: str  # the model's head: causal, masked or reward
+    train_ref: Any  # ray.ObjectRef of the tokenized train examples
+    eval_ref: Any  # ... and of the held-out ones
+    logger: Any  # the RunLog actor: rank 0's per-step metrics, every worker's info
+    run_dir: str
+    total_steps: int
+    start_from: str | None = None  # a checkpoint folder to start from when the run has none (PBT's clone)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's train_func; `loop_config` is {"plan": TrainPlan}."""
     started = time.perf_counter()
-    cfg = from_dict(plan["config"])
+    plan: TrainPlan = loop_config["plan"]
+    cfg = plan.config
     if not cfg.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
     import ray
@@ -42,19 +61,19 @@ def train_worker(plan: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    train_examples, eval_examples = ray.get(plan["train_ref"]), ray.get(plan["eval_ref"])
-    engine, tokenizer = _build_engine(cfg, plan, torch)
-    logger = plan["logger"]
+    train_examples, eval_examples = ray.get(plan.train_ref), ray.get(plan.eval_ref)
+    engine, tokenizer = _build_engine(plan)
+    logger = plan.logger
     logger.worker.remote(_worker_info(engine, cfg, rank))
 
-    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.get("start_from"), cfg)
+    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.start_from, cfg)
     if rank == 0:
         print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
-    total = plan["total_steps"]
-    batcher = _Batcher(cfg, plan, tokenizer, train_examples, rank, world)
+    total = plan.total_steps
+    batcher = _Batcher(cfg, plan.kind, tokenizer, train_examples, rank, world)
     while step < total:
         started, lr = time.perf_counter(), engine.get_lr()[0]  # the LR this step trains with
-        loss_sum, num_loss_tokens, num_tokens, num_real = _train_step(engine, batcher, step, plan["kind"], torch)
+        loss_sum, num_loss_tokens, num_tokens, num_real = _train_step(engine, batcher, step, plan.kind)
         step += 1
         stats = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real)
         seconds = time.perf_counter() - started
@@ -69,36 +88,37 @@ def train_worker(plan: dict[str, Any]) -> None:
             "step_seconds": seconds,
         }
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total:
-            metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan["kind"], tokenizer, rank, world)
+            metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan.kind, tokenizer, rank, world)
         if rank == 0:
             logger.record.remote(metrics)
         if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
             save_checkpoint(engine, step, rank, metrics)
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
-    export_model(engine, cfg, plan, tokenizer, rank)
+    export_model(engine, cfg, plan.resolved_model, plan.kind, Path(plan.run_dir) / "model", tokenizer, rank)
     logger.worker.remote({**_worker_info(engine, cfg, rank), "peak_rss_mb": _peak_rss_mb()})
     engine.destroy()
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _build_engine(cfg: HoneConfig, plan: dict[str, Any], torch: Any) -> tuple[Any, Any]:
+def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
     from hone.training.models import add_lora, load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model, plan["resolved_model"])
-    model = load_model(cfg.model, plan["resolved_model"], plan["kind"])
+    cfg = plan.config
+    tokenizer = load_tokenizer(cfg.model, plan.resolved_model)
+    model = load_model(cfg.model, plan.resolved_model, plan.kind)
     if cfg.lora.enabled:
-        model = add_lora(model, cfg.lora, plan["kind"])
-    return initialize_engine(model, cfg, plan["total_steps"]), tokenizer
+        model = add_lora(model, cfg.lora, plan.kind)
+    return initialize_engine(model, cfg, plan.total_steps), tokenizer
 
 
 class _Batcher:
     """This rank's micro-batches, as tensors on the engine's device."""
 
-    def __init__(self, cfg: HoneConfig, plan: dict[str, Any], tokenizer: Any, examples: list[Example], rank: int, world: int):
+    def __init__(self, cfg: HoneConfig, kind: str, tokenizer: Any, examples: list[Example], rank: int, world: int):
         self.cfg, self.tokenizer, self.examples, self.rank, self.world = cfg, tokenizer, examples, rank, world
-        self.masked = plan["kind"] == "masked"
+        self.masked = kind == "masked"
         self.pairs = cfg.mode in PREFERENCE_MODES
 
     def get(self, step: int, micro: int, device: Any) -> dict[str, Any]:
@@ -116,7 +136,7 @@ class _Batcher:
         return {k: v.to(device) for k, v in batch.items()}
 
 
-def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str, torch: Any) -> tuple[float, int, int, int]:
+def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[float, int, int, int]:
     loss_total, loss_tokens, tokens, real = 0.0, 0, 0, 0
     engine.train()
     for micro in range(batcher.cfg.train.grad_accum):

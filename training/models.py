@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.training.config import LoraConfig, ModelConfig
+from hone.training.errors import HoneError
 
 CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
 # A reward model's score head is new (random) on top of the base model. Drawing it from a fixed seed makes
@@ -20,7 +21,7 @@ CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
 REWARD_HEAD_SEED = 0
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(HoneError, ValueError):
     """The model source cannot be used; the message says why and what to set instead."""
 
 

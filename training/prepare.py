@@ -1,19 +1,22 @@
 """Everything checked and computed before any Ray resource is taken: model source, data, tokens, steps.
 
-`hone validate` prints what this returns; `hone run` trains on it.
+`hone validate` prints what this returns; `hone run` trains on it. The data is read and checked first,
+and the tokenizer side (torch, transformers, trl: seconds to import) only after, so a bad data file is
+reported at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hone.training.batches import steps_per_epoch
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, DataError, Row, read_dataset
 from hone.training.ds_config import global_batch
 from hone.training.models import load_tokenizer, objective, resolve_source
-from hone.training.tokens import Example, TokenStats, build_preference, build_pretrain, build_supervised, pack
+
+if TYPE_CHECKING:
+    from hone.training.tokens import Example, TokenStats
 
 
 @dataclass
@@ -46,6 +49,10 @@ class Prepared:
 
 
 def prepare(cfg: HoneConfig) -> Prepared:
+    fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
+    from hone.training.batches import steps_per_epoch
+    from hone.training.tokens import pack
+
     resolved = resolve_source(cfg.model.source)
     kind = objective(cfg.model, resolved)
     if cfg.mode != "pretrain" and kind == "masked":
@@ -56,7 +63,6 @@ def prepare(cfg: HoneConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model, resolved)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
-    fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
     train, train_stats = _tokenize(cfg, kind, fmt, train_rows, tokenizer)
     evals, eval_stats = _tokenize(cfg, kind, fmt, eval_rows, tokenizer)
     _require_examples(train, train_stats, cfg, "data.train")
@@ -76,6 +82,8 @@ def prepare(cfg: HoneConfig) -> Prepared:
 
 
 def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any) -> tuple[list[Example], TokenStats]:
+    from hone.training.tokens import build_preference, build_pretrain, build_supervised
+
     if cfg.mode == "pretrain":
         return build_pretrain(rows, tokenizer, cfg.data.max_seq_len, masked=kind == "masked")
     if cfg.mode in PREFERENCE_MODES:
@@ -87,10 +95,14 @@ def _require_examples(examples: list[Example], stats: TokenStats, cfg: HoneConfi
     if examples:
         return
     reasons = "; ".join(f"{n} {why}" for why, n in stats.dropped.items()) or "no usable rows"
-    raise DataError(
-        f"{where}: every one of the {stats.num_rows} examples was dropped ({reasons}). Every example is longer "
-        f"than data.max_seq_len={cfg.data.max_seq_len}: raise data.max_seq_len or shorten the prompts"
+    # The fix depends on why: a too-short text needs more text, an over-long prompt a longer max_seq_len.
+    too_long = any("max_seq_len" in why for why in stats.dropped)
+    fix = (
+        f"raise data.max_seq_len (now {cfg.data.max_seq_len}) or shorten the prompts"
+        if too_long
+        else "give rows with more text (each needs at least 2 tokens)"
     )
+    raise DataError(f"{where}: every one of the {stats.num_rows} examples was dropped ({reasons}): {fix}")
 
 
 def attach_reference(prepared: Prepared, logps: dict[str, list[list[float]]]) -> None:

@@ -41,14 +41,18 @@ def test_ship_config_points_every_local_path_into_the_working_dir(tmp_path):
     try:
         raw = ship_config(load_config(None, overrides), shipment)
         assert raw["data"]["train"] == [f"{SHIPPED}/0-train.jsonl"] and raw["data"]["eval"] == [f"{SHIPPED}/1-eval.jsonl"]
+        # The module goes in a folder of its own that becomes the reward's path, under its own name, so
+        # `import mine` works on the cluster.
+        reward = raw["rl"]["rewards"][0]
         assert (
-            raw["rl"]["rewards"][0]["path"] == SHIPPED
-            and shipment.files[tmp_path / "rewards" / "mine.py"] == f"{SHIPPED}/2-mine.py"
+            reward["path"] == f"{SHIPPED}/2-reward"
+            and shipment.files[tmp_path / "rewards" / "mine.py"] == f"{SHIPPED}/2-reward/mine.py"
         )
         assert raw["model"]["source"] == "org/some-model"  # a hub id is fetched by the cluster
         assert raw["output_dir"] == str(tmp_path / "run")
         shipment.copy()
-        assert sorted(p.name for p in (shipment.root / SHIPPED).iterdir()) == ["0-train.jsonl", "1-eval.jsonl", "2-mine.py"]
+        assert sorted(p.name for p in (shipment.root / SHIPPED).iterdir()) == ["0-train.jsonl", "1-eval.jsonl", "2-reward"]
+        assert (shipment.root / reward["path"] / "mine.py").is_file()  # where `import mine` finds it
     finally:
         shipment.remove()
     assert not shipment.root.exists()
@@ -138,7 +142,7 @@ def test_each_run_gets_its_own_checkpoint_folder_under_storage_path(tmp_path):
 
 def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(tmp_path):
     """What the job does with the working dir: load the shipped file, whose paths resolve inside it."""
-    from hone.cluster.pipeline import AnswerEval, chained, check_answer_eval, load_answer_eval, load_pipeline
+    from hone.cluster.pipeline import AnswerEval, Pipeline, chained, check_answer_eval, load_pipeline
 
     overrides = sft(tmp_path)
     stages = [
@@ -149,7 +153,9 @@ def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(
         ("config", lambda shipment: ship_config(stages[0].config, shipment)),
         (
             "pipeline",
-            lambda shipment: ship_pipeline(tmp_path / "pipe", stages, shipment, AnswerEval(str(tmp_path / "train.jsonl"))),
+            lambda shipment: ship_pipeline(
+                Pipeline(tmp_path / "pipe.yaml", tmp_path / "pipe", stages, AnswerEval(str(tmp_path / "train.jsonl"))), shipment
+            ),
         ),
     ):
         shipment = _Shipment(shared=[])
@@ -161,11 +167,11 @@ def test_a_shipped_config_and_pipeline_load_on_the_cluster_side_from_the_copies(
             if name == "config":
                 loaded = [load_config(shipment.root / "config.yaml")]
             else:
-                out, shipped = load_pipeline(shipment.root / "config.yaml")
-                assert out == tmp_path / "pipe" and [s.name for s in shipped] == ["first", "second"]
-                loaded = chained(shipped)
+                pipeline = load_pipeline(shipment.root / "config.yaml")
+                assert pipeline.output_dir == tmp_path / "pipe" and [s.name for s in pipeline.stages] == ["first", "second"]
+                loaded = chained(pipeline.stages)
                 assert loaded[1].model.source == str(tmp_path / "run" / "model")
-                questions = load_answer_eval(shipment.root / "config.yaml")  # the pipeline's eval: file travels too
+                questions = pipeline.eval  # the pipeline's eval: file travels too
                 assert questions and Path(questions.data).parent == shipment.root / SHIPPED
                 assert check_answer_eval(questions)[0] == "prompt_completion"
             assert loaded[0].data.train == [str(shipment.root / SHIPPED / "0-train.jsonl")]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hone.cluster.cli import main
-from hone.cluster.pipeline import load_answer_eval
+from hone.cluster.pipeline import load_pipeline
 from hone.training.config import ConfigError
 from tests.tiny import write_jsonl
 
@@ -83,12 +83,17 @@ def test_a_pipeline_eval_without_answers_is_refused_before_training(tmp_path):
     questions = write_jsonl(tmp_path / "q.jsonl", [{"text": "What is the VPN called?"}])
     path = tmp_path / "p.yaml"
     path.write_text(
-        yaml.safe_dump({"eval": {"data": "q.jsonl"}, "stages": [{"mode": "sft", "data": {"train": [str(questions)]}}]})
+        yaml.safe_dump(
+            {
+                "eval": {"data": "q.jsonl"},
+                "stages": [{"mode": "sft", "model": {"source": "org/model"}, "data": {"train": [str(questions)]}}],
+            }
+        )
     )
     from hone.cluster.pipeline import check_answer_eval
 
     with pytest.raises(ConfigError, match=r"q.jsonl: the pipeline's questions need answers"):
-        check_answer_eval(load_answer_eval(path))
-    path.write_text(yaml.safe_dump({"eval": {"data": "q.jsonl", "top_k": 3}, "stages": []}))
-    with pytest.raises(ConfigError, match="eval must be a mapping with data"):
-        load_answer_eval(path)
+        check_answer_eval(load_pipeline(path).eval)
+    path.write_text(yaml.safe_dump({"eval": {"data": "q.jsonl", "max_new_token": 3}, "stages": []}))
+    with pytest.raises(ConfigError, match=r"p.yaml: unknown config key eval.max_new_token; did you mean eval.max_new_tokens\?"):
+        load_pipeline(path)

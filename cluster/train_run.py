@@ -1,0 +1,182 @@
+"""`hone run CONFIG.yaml` for pretrain, sft, dpo or reward: a Ray Train worker group running DeepSpeed.
+
+    hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
+
+Reads top to bottom: validate and tokenize (no Ray yet) -> claim the run dir -> start/join Ray ->
+check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the base model -> train
+(resumes automatically) -> evaluate the export -> summary.json and the before/after table.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hone.cluster.connect import check_placement, ray_session, worker_bundle, worker_task
+from hone.cluster.hooks import NO_HOOKS, RunHooks
+from hone.cluster.progress import MetricsFile, RunLog, follow
+from hone.cluster.rundir import (
+    checkpoint_location,
+    claim,
+    finish_run,
+    finished_run,
+    inspect,
+    local_checkpoints,
+    remove_orphan_checkpoints,
+)
+from hone.cluster.tracking import Tracker
+from hone.training.config import HoneConfig
+from hone.training.prepare import Prepared, attach_reference, prepare
+
+
+def run_train(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
+    prepared = prepare(cfg)
+    run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
+    if state == "finished":
+        return finished_run(run_dir)
+    started = time.time()
+    with ray_session(address):
+        check_placement(cfg.scaling)
+        # Only now, with the workers known to fit, is the run dir written (or replaced).
+        run_dir, state = claim(cfg)
+        if state == "resume":
+            folder = local_checkpoints(*checkpoint_location(cfg, run_dir))
+            if folder is not None:  # in object storage orphans are left; Ray Train ignores them anyway
+                remove_orphan_checkpoints(run_dir, folder)
+        what = "resuming" if state == "resume" else "new"
+        print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
+        tracker = Tracker(cfg, run_dir)
+        if cfg.mode == "dpo":
+            _reference(cfg, prepared, run_dir)
+        before = _eval_before(cfg, prepared, run_dir)
+        workers, metrics = _train(cfg, prepared, run_dir, tracker, hooks)
+        after = _evaluate(cfg, prepared, str(run_dir / "model"))
+    summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
+    finish_run(run_dir, summary)
+    tracker.finish(summary)
+    return summary
+
+
+def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, float]:
+    """The same evaluation for base and tuned model, as a Ray task with one worker's resources."""
+    import ray
+
+    from hone.training.evaluate import evaluate_model
+
+    task = worker_task(evaluate_model, cfg.scaling)
+    return ray.get(task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt))
+
+
+def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
+    """DPO's frozen reference: the base model's log-probs of every train and eval pair, computed once as a
+    Ray task and cached in the run dir (a resumed run reuses them). Precomputing works under every ZeRO
+    stage and keeps a second model out of the training workers, at the cost of one no-grad pass."""
+    import ray
+
+    from hone.training.evaluate import reference_logps
+
+    path = run_dir / "reference_logps.json"
+    if path.exists():
+        logps = json.loads(path.read_text())
+    else:
+        print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
+        task = worker_task(reference_logps, cfg.scaling)
+        splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
+        logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
+        path.write_text(json.dumps(logps))
+    attach_reference(prepared, logps)
+
+
+def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str, float]:
+    # Cached so a resumed run does not pay for the base model's evaluation twice.
+    path = run_dir / "eval_before.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    print("hone: evaluating the base model ...", flush=True)
+    before = _evaluate(cfg, prepared, prepared.resolved_model)
+    path.write_text(json.dumps(before))
+    return before
+
+
+def _train(
+    cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, hooks: RunHooks
+) -> tuple[list[dict[str, Any]], MetricsFile]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hone.training.loop import TrainPlan, train_worker
+
+    log = RunLog.remote()  # type: ignore[attr-defined]
+    plan = TrainPlan(
+        config=cfg,
+        resolved_model=prepared.resolved_model,
+        kind=prepared.kind,
+        train_ref=ray.put(prepared.train_examples),
+        eval_ref=ray.put(prepared.eval_examples),
+        logger=log,
+        run_dir=str(run_dir),
+        total_steps=prepared.total_steps,
+        start_from=hooks.start_from,
+    )
+    storage, name = checkpoint_location(cfg, run_dir)
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=worker_bundle(s),
+            placement_strategy=s.placement_strategy,
+        ),
+        run_config=RunConfig(
+            # run_dir/checkpoints, or this run's own folder under scaling.storage_path (shared storage)
+            storage_path=storage,
+            name=name,
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            callbacks=list(hooks.train_callbacks),  # in a `hone tune` trial: live metrics for the scheduler
+            checkpoint_config=CheckpointConfig(num_to_keep=None if hooks.keep_all_checkpoints else cfg.checkpoint.keep),
+        ),
+    )
+    metrics = MetricsFile(run_dir / "metrics.jsonl")
+    done = threading.Event()
+    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done, tracker.log), daemon=True)
+    follower.start()
+    try:
+        trainer.fit()
+    finally:
+        done.set()
+        follower.join()
+    return ray.get(log.worker_info.remote()), metrics
+
+
+def _summary(
+    cfg: HoneConfig,
+    prepared: Prepared,
+    run_dir: Path,
+    before: dict[str, float],
+    after: dict[str, float],
+    workers: list[dict[str, Any]],
+    metrics: MetricsFile,
+    seconds: float,
+) -> dict[str, Any]:
+    steps = [r for r in metrics.lines if "step_seconds" in r]
+    train_seconds = sum(r["step_seconds"] for r in steps)
+    return {
+        "mode": cfg.mode,
+        "objective": prepared.kind,
+        "steps": prepared.total_steps,
+        "global_batch": prepared.global_batch,
+        "tokens_per_s": sum(r["tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
+        "real_tokens_per_s": sum(r["real_tokens"] for r in steps) / train_seconds if train_seconds else 0.0,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "wall_seconds": seconds,
+        "model_path": str(run_dir / "model"),
+        "eval": {"before": before, "after": after},
+        "workers": workers,
+        "data": prepared.summary(),
+    }
