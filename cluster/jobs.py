@@ -135,7 +135,7 @@ def wait(client: Any, job_id: str, timeout_s: float | None = None) -> str:
     """Poll until the job reaches SUCCEEDED, FAILED or STOPPED (or `timeout_s` passes); its status."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = str(guarded(client._address, lambda: client.get_job_status(job_id)).value)
+        status = str(guarded(client.get_address(), lambda: client.get_job_status(job_id)).value)
         if status in TERMINAL or (deadline is not None and time.monotonic() > deadline):
             return status
         time.sleep(1.0)
@@ -149,7 +149,7 @@ def follow(client: Any, job_id: str) -> str:
             print(chunk, end="", flush=True)
 
     try:
-        guarded(client._address, lambda: asyncio.run(tail()))
+        guarded(client.get_address(), lambda: asyncio.run(tail()))
     except KeyboardInterrupt:
         print(f"\nhone: stopped following; job {job_id} goes on (hone jobs stop {job_id} ends it)", flush=True)
         raise SystemExit(130) from None
@@ -158,7 +158,7 @@ def follow(client: Any, job_id: str) -> str:
 
 def jobs_command(args: argparse.Namespace) -> int:
     client = connect(args.address, args.token_file)
-    url = client._address
+    url = client.get_address()
     if args.action == "list":
         jobs = guarded(url, client.list_jobs)
         print(f"{'job id':<30}{'status':<12}{'started':<21}entrypoint")

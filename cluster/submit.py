@@ -159,7 +159,7 @@ def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX
         (shipment.root / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         entrypoint = f"hone {command} config.yaml --address auto"
         job_id = guarded(
-            client._address,
+            client.get_address(),
             lambda: client.submit_job(
                 entrypoint=entrypoint,
                 runtime_env={"working_dir": str(shipment.root)},
@@ -168,7 +168,7 @@ def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX
         )
     finally:
         shipment.remove()
-    url = client._address
+    url = client.get_address()
     print(f"hone: submitted job {job_id} to {url}: {entrypoint} ({len(shipment.files)} local paths shipped)")
     # output_dir was resolved here; on the cluster it must be a path the job can write (shared storage).
     print(f"hone: output_dir on the cluster: {raw['output_dir']}")

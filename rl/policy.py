@@ -97,9 +97,17 @@ class PolicyWorker(Located):
             old = part.rollout_logp.to(engine.device) if off_policy else logp.detach()
             kl = kl_per_token(logp, part.ref_logp.to(engine.device), rl.kl_estimator) if part.ref_logp is not None else None
             loss, stats = policy_loss(
-                logp, old, part.advantages.to(engine.device), mask, rl.clip_low, rl.clip_high,  # type: ignore[union-attr]
-                kl, rl.kl_coef, rl.loss_aggregation, totals,
-            )  # fmt: skip
+                logp,
+                old,
+                part.advantages.to(engine.device),  # type: ignore[union-attr]
+                mask,
+                clip_low=rl.clip_low,
+                clip_high=rl.clip_high,
+                kl=kl,
+                kl_coef=rl.kl_coef,
+                aggregation=rl.loss_aggregation,
+                totals=totals,
+            )
             # DeepSpeed divides by accumulation steps and averages ranks; undo both so the micro-batch
             # losses add up to the whole step's loss.
             engine.backward(loss * engine.gradient_accumulation_steps() * self.world)

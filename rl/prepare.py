@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hone.rl.reward_model import check_reward_model
 from hone.rl.rewards import fields_needed, import_function, reward_name
 from hone.training.config import HoneConfig
 from hone.training.data import DataError, Row, load_rows, split_rows
@@ -40,11 +39,11 @@ class PreparedRl:
 def prepare_rl(cfg: HoneConfig) -> PreparedRl:
     from hone.training.models import load_tokenizer, objective, resolve_source
 
+    rows = load_rows(cfg.data.train)  # first: a broken file is reported before the model is loaded
     resolved = resolve_source(cfg.model.source)
     if objective(cfg.model, resolved) != "causal":
         raise DataError("mode rl needs a causal (decoder) model that can generate, but model.source is an encoder")
     tokenizer = load_tokenizer(cfg.model, resolved)
-    rows = load_rows(cfg.data.train)
     for row in rows:
         _check_prompt_row(row, tokenizer)
     train_rows, eval_rows = split_rows(rows, cfg.data, cfg.seed)
@@ -110,6 +109,8 @@ def check_rewards(cfg: HoneConfig, rows: list[Row]) -> None:
         key = f"rl.rewards[{i}]"
         fn = import_function(spec, key, [spec.path] if spec.path else []) if spec.type == "function" else None
         if spec.type == "model":
+            from hone.rl.reward_model import check_reward_model  # torch: only a model reward pays for it
+
             check_reward_model(spec.source, key)
         for name in fields_needed(spec, fn):
             missing = next((r for r in rows if name not in r), None)

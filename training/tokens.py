@@ -18,8 +18,8 @@ from typing import Any
 from trl.data_utils import common_prefix_length, pack_dataset
 
 from hone.training.data import DataError, DataWarning, Row
+from hone.training.losses import IGNORE
 
-IGNORE = -100
 # Token lists, plus (DPO) the reference log-probs of a pair as two floats: "ref_logps" = [chosen, rejected].
 Example = dict[str, list[Any]]
 

@@ -75,7 +75,15 @@ def test_config_yaml_and_data_errors_are_reported_without_heavy_imports(tmp_path
     (tmp_path / "typo.yaml").write_text("optim: {lrr: 1e-5}\n")
     (tmp_path / "rows.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{not json\n')
     (tmp_path / "data.yaml").write_text(f"model: {{source: org/model}}\ndata: {{train: [{tmp_path / 'rows.jsonl'}]}}\n")
-    for name, expected in (("broken", "is not valid YAML at line 2"), ("typo", "did you mean optim.lr"), ("data", "rows.jsonl")):
+    rl = "mode: rl\nrl: {rewards: [{type: exact_match}]}\ntrain: {micro_batch_per_device: 1}\n"
+    (tmp_path / "rl.yaml").write_text((tmp_path / "data.yaml").read_text() + rl)
+    cases = (
+        ("broken", "is not valid YAML at line 2"),
+        ("typo", "did you mean optim.lr"),
+        ("data", "rows.jsonl:2"),
+        ("rl", "rows.jsonl:2"),
+    )
+    for name, expected in cases:
         code = (
             "import contextlib, io\nfrom hone.cluster.cli import main\nerr = io.StringIO()\n"
             f"with contextlib.redirect_stderr(err):\n    assert main(['validate', {str(tmp_path / name) + '.yaml'!r}]) == 1\n"
