@@ -21,7 +21,7 @@ def test_hone_run_from_a_folder_with_its_own_training_rl_and_cluster_packages(as
     overrides = sft_overrides(assets, out, "train.max_steps=2", "eval.max_samples=2")
     # `python -m` puts the working directory first on the driver's import path, and Ray puts the driver's
     # working directory on every worker's: both would find the project's packages first.
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HONE_RAY_TMP": str(tmp_path)}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     done = subprocess.run(
         [sys.executable, "-m", "hone.cluster.cli", "run", "run.yaml", *overrides],
         cwd=project,
