@@ -14,7 +14,7 @@ from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.tiny import preference_rows, write_jsonl
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 @pytest.fixture(scope="module")

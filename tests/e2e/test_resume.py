@@ -18,6 +18,8 @@ from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.conftest import sft_overrides
 
+pytestmark = pytest.mark.slow
+
 STEPS = 150
 # Dropout is off in the tiny model and the data order is a function of the step, so a resumed run should
 # reproduce an uninterrupted one up to float summation order; 1e-4 leaves room for that.

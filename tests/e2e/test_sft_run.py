@@ -17,7 +17,7 @@ from hone.training.config import load_config
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):

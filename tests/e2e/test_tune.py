@@ -29,6 +29,7 @@ def _sweep_overrides(assets, out, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # W&B offline: files under each trial's run dir
     report = tune_run(load_config(None, _sweep_overrides(assets, tmp_path / "sweep", "tracking.wandb.project=hone-tests")))
@@ -73,6 +74,7 @@ def test_bad_sweeps_fail_before_any_trial(assets, tmp_path):
         check_tune(load_config(None, _sweep_overrides(assets, tmp_path / "s", "eval.every_steps=0")))
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, tmp_path):
     sweep = tmp_path / "sweep"
     args = sft_overrides(
@@ -100,6 +102,7 @@ def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, 
     assert sorted(t["steps"] for t in report["trials"]) == [6, 6]
 
 
+@pytest.mark.slow
 def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(assets, tmp_path, local_ray):
     """Two trials, one whose learning rate cannot learn: PBT replaces its model by a copy of the other's at a
     scored checkpoint, and it goes on from there with its own (perturbed) learning rate."""

@@ -17,6 +17,8 @@ from hone.rl.rewards import RewardError
 from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
 
+pytestmark = pytest.mark.slow
+
 STEP_KEYS = {
     "reward_mean", "reward_std", "reward/letter_first", "reward/exact_match", "kl", "entropy", "clip_fraction",
     "response_length", "rollout_seconds", "score_seconds", "update_seconds", "samples_per_s", "loss", "lr",
