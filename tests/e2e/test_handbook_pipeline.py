@@ -41,6 +41,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_handbook_pipeline_chains_three_stages_and_tables_every_model(assets, tmp_path, local_ray, capsys):
     pipeline = _cut_down(tmp_path)
     out = tmp_path / "out"

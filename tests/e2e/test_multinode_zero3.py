@@ -7,6 +7,8 @@ from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.conftest import sft_overrides
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def two_node_cluster(tmp_path):

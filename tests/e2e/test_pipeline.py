@@ -60,6 +60,7 @@ def _pipeline_file(tmp_path: Path, assets: dict[str, Path]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_three_stage_pipeline_chains_models_and_resumes_after_a_kill_in_stage_two(assets, tmp_path):
     path = _pipeline_file(tmp_path, assets)
     spec = yaml.safe_load(path.read_text())

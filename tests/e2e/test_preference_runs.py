@@ -11,10 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from hone.cluster.run import run
+from hone.cluster.rundir import read_jsonl
 from hone.training.config import load_config
 from tests.tiny import preference_rows, write_jsonl
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_dpo_run_raises_heldout_reward_accuracy(assets, pairs, tmp_path):
 
     cached = json.loads((out / "reference_logps.json").read_text())
     assert len(cached["train"]) == summary["data"]["train"]["examples"] and len(cached["eval"]) == 24
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(out / "metrics.jsonl")
     assert lines[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-3)  # step 1 trains from policy == reference
     assert "eval_loss" in lines[9]
     AutoModelForCausalLM.from_pretrained(out / "model")

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
+from hone.cluster.rundir import read_jsonl
 from hone.training.config import load_config
 from tests.conftest import sft_overrides
+
+pytestmark = pytest.mark.slow
 
 STEPS = 150
 # Dropout is off in the tiny model and the data order is a function of the step, so a resumed run should
@@ -34,13 +37,12 @@ def hone_run(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def metric_steps(out: Path) -> list[int]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
 
 
 def final(out: Path) -> tuple[float, float]:
     summary = json.loads((out / "summary.json").read_text())
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    last = read_jsonl(out / "metrics.jsonl")[-1]
     return summary["eval"]["after"]["loss"], last["loss"]
 
 

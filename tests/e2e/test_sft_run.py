@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from hone.cluster.connect import PlacementError
 from hone.cluster.run import run
-from hone.cluster.rundir import RunDirError
+from hone.cluster.rundir import RunDirError, read_jsonl
 from hone.training.config import load_config
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
@@ -29,7 +29,7 @@ def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
     assert summary["mode"] == "sft" and summary["steps"] == 20 and summary["tokens_per_s"] > 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 3e-3 and saved["train"]["max_steps"] == 20 and saved["data"]["max_seq_len"] == 32
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in lines] == list(range(1, 21))
     assert {"loss", "lr", "tokens_per_s", "real_tokens_per_s"} <= set(lines[0])
     assert "eval_loss" in lines[9]

@@ -105,6 +105,7 @@ def finished_job(head: Head, assets, tmp_path_factory: pytest.TempPathFactory):
     return {"code": code, "output": text, "job_id": job_id, "run_dir": out, "storage": storage, "config": config}
 
 
+@pytest.mark.slow
 def test_submit_wait_runs_the_config_on_the_cluster(head, finished_job):
     job = finished_job
     assert job["code"] == 0, job["output"][-3000:]
@@ -129,6 +130,7 @@ def test_submit_wait_runs_the_config_on_the_cluster(head, finished_job):
     assert head.token not in job["output"] and head.token not in repr(info)
 
 
+@pytest.mark.slow
 def test_no_token_or_a_wrong_token_is_refused_and_creates_no_job(head, assets, tmp_path, capsys, monkeypatch, token_env):
     config = project(tmp_path / "project", assets)
     before = job_ids(head)
@@ -152,6 +154,7 @@ def test_no_token_or_a_wrong_token_is_refused_and_creates_no_job(head, assets, t
     assert code == 0 and "job id" in text and head.token not in text
 
 
+@pytest.mark.slow
 def test_jobs_status_and_logs_show_the_run(head, finished_job, capsys, token_env):
     job_id = finished_job["job_id"]
     code, text = hone(capsys, "jobs", "status", job_id, "--address", head.address)
@@ -164,6 +167,7 @@ def test_jobs_status_and_logs_show_the_run(head, finished_job, capsys, token_env
     assert code == 1 and "raysubmit_nosuchjob" in text
 
 
+@pytest.mark.slow
 def test_a_stopped_job_resubmitted_resumes_from_its_checkpoint_in_storage_path(head, assets, tmp_path, capsys, token_env):
     config = project(tmp_path / "project", assets)
     out, storage = tmp_path / "long", tmp_path / "shared"
@@ -200,6 +204,7 @@ def registered_checkpoints(storage: Path) -> list[str]:
     return [name for snap in snapshots for name in re.findall(r"step_\d+", snap.read_text())]
 
 
+@pytest.mark.slow
 def test_bad_input_fails_fast_and_creates_no_job(head, assets, tmp_path, capsys, token_env):
     before = job_ids(head)
     config = project(tmp_path / "project", assets)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.cli import main
+from hone.cluster.rundir import read_jsonl
 from hone.cluster.tune import check_tune, tune_run
 from hone.training.config import ConfigError, load_config
 from tests.conftest import sft_overrides
@@ -29,6 +30,7 @@ def _sweep_overrides(assets, out, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # W&B offline: files under each trial's run dir
     report = tune_run(load_config(None, _sweep_overrides(assets, tmp_path / "sweep", "tracking.wandb.project=hone-tests")))
@@ -73,6 +75,7 @@ def test_bad_sweeps_fail_before_any_trial(assets, tmp_path):
         check_tune(load_config(None, _sweep_overrides(assets, tmp_path / "s", "eval.every_steps=0")))
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, tmp_path):
     sweep = tmp_path / "sweep"
     args = sft_overrides(
@@ -84,10 +87,9 @@ def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, 
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
     deadline = time.monotonic() + 400
-    while not list(sweep.glob("trials/*/summary.json")):
+    while not _tune_saved_a_finished_trial(sweep):
         assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be interrupted"
         time.sleep(0.1)
-    time.sleep(3)  # let Tune record the finished trial
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     [done] = list(sweep.glob("trials/*/summary.json"))
@@ -100,6 +102,21 @@ def test_interrupted_sweep_resumes_without_rerunning_the_finished_trial(assets, 
     assert sorted(t["steps"] for t in report["trials"]) == [6, 6]
 
 
+def _tune_saved_a_finished_trial(sweep: Path) -> bool:
+    """Whether a trial that wrote its summary.json is TERMINATED in Tune's saved experiment state, the file a
+    resumed sweep reads. Tune saves it at most every 10 s (~6 s after a toy trial returned), so a sleep races it."""
+    finished = {p.parent.name for p in sweep.glob("trials/*/summary.json")}
+    for path in (sweep / "tune").glob("experiment_state-*.json"):
+        try:
+            trials = [json.loads(trial) for trial, _ in json.loads(path.read_text())["trial_data"]]
+        except (OSError, ValueError):  # being copied there as we read it
+            continue
+        if any(t["trial_id"] in finished and t["status"] == "TERMINATED" for t in trials):
+            return True
+    return False
+
+
+@pytest.mark.slow
 def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(assets, tmp_path, local_ray):
     """Two trials, one whose learning rate cannot learn: PBT replaces its model by a copy of the other's at a
     scored checkpoint, and it goes on from there with its own (perturbed) learning rate."""
@@ -118,7 +135,7 @@ def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(assets, tmp_p
     assert first["from_trial"] == strong["trial_id"] and first["at_step"] % 4 == 0
     assert first["donor_loss"] < first["replaced_loss"] - 0.3  # it was the weaker one when it was replaced
 
-    lines = [json.loads(x) for x in (Path(weak["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(Path(weak["run_dir"]) / "metrics.jsonl")
     assert [r["step"] for r in lines] == list(range(1, 21))  # the donor's steps up to the copy, then its own, once each
     after = [r for r in lines if r["step"] > last["at_step"]]
     # It continued from the copied weights (held-out loss far below what it had itself, to the end) ...

@@ -6,6 +6,8 @@ from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def two_node_cluster():

@@ -7,8 +7,12 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.e2e.test_resume import config_file, hone_run, metric_steps  # noqa: F401  (config_file is a fixture)
 from tests.rl.conftest import rl_overrides
+
+pytestmark = pytest.mark.slow
 
 STEPS = 150
 

@@ -3,7 +3,6 @@ actor killed mid-run, and bad rewards at run time."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -13,18 +12,17 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
+from hone.cluster.rundir import read_jsonl
 from hone.rl.rewards import RewardError
 from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
+
+pytestmark = pytest.mark.slow
 
 STEP_KEYS = {
     "reward_mean", "reward_std", "reward/letter_first", "reward/exact_match", "kl", "entropy", "clip_fraction",
     "response_length", "rollout_seconds", "score_seconds", "update_seconds", "samples_per_s", "loss", "lr",
 }  # fmt: skip
-
-
-def _steps(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_rl_raises_heldout_reward_and_exports(assets, prompts, tmp_path, local_ray):
@@ -35,7 +33,7 @@ def test_rl_raises_heldout_reward_and_exports(assets, prompts, tmp_path, local_r
     # Measured: 0.25 -> 1.00 (greedy, 24 held-out prompts); the base model starts with a letter 1 time in 4.
     assert after >= before + 0.5, (before, after)
     assert {"mean_reward/a-h", "mean_reward/i-p"} <= summary["eval"]["after"].keys()  # rows with a group field
-    steps = _steps(tmp_path / "run")
+    steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert STEP_KEYS <= steps[0].keys()
     from transformers import AutoModelForCausalLM
@@ -55,7 +53,7 @@ def test_lora_with_kl_and_async_rollout(assets, prompts, tmp_path, local_ray):
         ),
     )  # fmt: skip
     summary = run(cfg)
-    steps = _steps(tmp_path / "run")
+    steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert "reference" in summary["placement"]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
@@ -76,7 +74,7 @@ def test_killed_rollout_actor_is_restarted_and_no_step_is_lost(assets, prompts, 
 
     assert killed, "the rollout actor was never killed"
     assert summary["restarts"]["rollout"] >= 1
-    assert [r["step"] for r in _steps(out)] == list(range(1, 31))
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 31))
     assert summary["placement"]["rollout"][0]["pid"] not in killed
 
 
@@ -91,7 +89,9 @@ def test_killed_policy_worker_restarts_the_group_from_the_last_checkpoint(assets
     watcher.join(timeout=5)
 
     assert killed and summary["restarts"]["policy"] == 1
-    assert [r["step"] for r in _steps(out)] == list(range(1, 31))  # steps after the checkpoint were redone, once
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(
+        range(1, 31)
+    )  # steps after the checkpoint were redone, once
     assert summary["eval"]["after"]["mean_reward"] > summary["eval"]["before"]["mean_reward"]
 
 
@@ -130,7 +130,7 @@ def test_reward_returning_nan_fails_naming_reward_and_sample(assets, prompts, tm
     # With skip, the sample is left out and the run completes.
     skip = load_config(None, rl_overrides(assets, prompts, tmp_path / "skip", spec, "train.max_steps=2", "rl.on_bad_reward=skip"))
     run(skip)
-    steps = _steps(tmp_path / "skip")
+    steps = read_jsonl(tmp_path / "skip" / "metrics.jsonl")
     assert [r["skipped_samples"] for r in steps] == [1, 1]
 
 
@@ -146,7 +146,7 @@ def test_function_and_reward_model_rewards_score_in_reward_actors(assets, prompt
         f"{{type: model, source: '{model}', weight: 0.5}}]"
     )
     run(load_config(None, rl_overrides(assets, prompts, tmp_path / "run", spec, "train.max_steps=2", "rl.reward.num_workers=2")))
-    steps = _steps(tmp_path / "run")
+    steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(steps) == 2 and {"reward/short", "reward/model"} <= steps[0].keys()
     assert steps[0]["reward/model"] != 0.0
 

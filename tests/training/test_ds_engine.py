@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.tiny import make_causal_model
+
+pytestmark = pytest.mark.slow  # a DeepSpeed engine in a subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 
