@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # training/, rl/, cluster/ and tests/, when run as a script
+sys.path.insert(0, str(ROOT))  # tests/ (hone itself is installed), when run as a script
 
 RUNS = {
     "hone_sync": "hone GRPO sync",

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # training/, cluster/ and tests/tiny.py, when run as a script
+sys.path.insert(0, str(ROOT))  # tests/tiny.py (hone itself is installed), when run as a script
 
 RUNS = {
     "hone": "hone (no packing)",
