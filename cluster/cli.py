@@ -24,6 +24,12 @@ from hone.training.config import HoneConfig, to_yaml
 from hone.training.errors import HoneError
 
 DISTRIBUTION = "hone-llm"  # the name on PyPI; the command and the package are `hone`
+STATES = {
+    "new": "a new run",
+    "resume": "holds this run, unfinished: hone run resumes it",
+    "finished": "holds this run, finished: hone run shows its result",
+    "replace": "holds a different run, which overwrite=true replaces",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +104,11 @@ def validate(cfg: HoneConfig) -> int:
         from hone.cluster.tune import check_tune
 
         check_tune(cfg)
+    else:  # a sweep's output_dir holds its trials, each checked when it starts
+        from hone.cluster.rundir import inspect
+
+        run_dir, state = inspect(cfg)  # a folder hone may not use is refused here, as `hone run` would
+        print(f"# output_dir {run_dir}: {STATES[state]}")
     if cfg.mode == "rl":
         return validate_rl(cfg)
     from hone.training.prepare import prepare

@@ -38,7 +38,7 @@ import yaml
 from hone.cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
 from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline, check_answer_eval, load_any
 from hone.rl.rewards import RewardError, reward_module_files
-from hone.training.config import HoneConfig, PathKind, RewardSpec, map_paths, to_dict
+from hone.training.config import HoneConfig, PathKind, RewardSpec, map_paths, saved_dict, to_dict
 from hone.training.errors import HoneError
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
@@ -202,7 +202,7 @@ def ship_config(cfg: HoneConfig, bundle: Bundle, opts: RenderOptions, pipeline_o
             return _model_source(value, key, bundle)
         return value if bundle.on_volume(value) else _reward_module(section, key, bundle)
 
-    return map_paths(to_dict(cfg), ship)
+    return map_paths(saved_dict(cfg), ship)
 
 
 def _model_source(source: str, where: str, bundle: Bundle) -> str:

@@ -15,13 +15,13 @@ and resumes the first unfinished one, because each stage is a normal run that re
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
+from hone.cluster.rundir import run_dir_lock
 from hone.training.config import (
     ConfigError,
     HoneConfig,
@@ -34,6 +34,7 @@ from hone.training.config import (
     read_yaml,
     resolve_paths,
 )
+from hone.training.files import read_json, write_json
 
 PREVIOUS = "previous"
 
@@ -187,10 +188,10 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
     stages, out, answer_eval = pipeline.stages, pipeline.output_dir, pipeline.eval
     check_stages(stages)
     questions = check_answer_eval(answer_eval) if answer_eval else None
-    out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     answers: dict[str, dict[str, float]] = {}
-    with ray_session(address):
+    with run_dir_lock(out), ray_session(address):  # answers.json and pipeline.json: one pipeline run at a time
+        out.mkdir(parents=True, exist_ok=True)
         if answer_eval and questions:
             answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
@@ -235,7 +236,7 @@ def _answers(
     from hone.training.models import resolve_source
 
     cache = out / "answers.json"
-    done = json.loads(cache.read_text()) if cache.exists() else {}
+    done = read_json(cache) or {}
     if name in done:
         return done[name]
     settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
@@ -244,7 +245,7 @@ def _answers(
     task = worker_task(answer_metrics, cfg.scaling)
     model = model_dir or resolve_source(cfg.model.source)
     done[name] = ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))
-    cache.write_text(json.dumps(done, indent=2))
+    write_json(cache, done, indent=2)
     return done[name]
 
 
@@ -258,7 +259,7 @@ def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]], answer
     ]
     for row in rows:
         row.setdefault("status", "finished")
-    (out / "pipeline.json").write_text(json.dumps({"stages": rows, "answers": answers}, indent=2))
+    write_json(out / "pipeline.json", {"stages": rows, "answers": answers}, indent=2)
 
 
 def format_pipeline_table(results: list[dict[str, Any]]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from hone.cluster.rundir import read_jsonl
+from hone.training.files import read_jsonl, write_text
 
 
 @ray.remote(num_cpus=0)
@@ -56,7 +56,7 @@ class MetricsFile:
             f.write(json.dumps(record) + "\n")
 
     def _rewrite(self) -> None:
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.lines))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.lines))
 
 
 def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Event, on_record: Callable[[dict], None]) -> None:

@@ -10,14 +10,14 @@ run still in progress and needs no Ray. Figures are drawn on matplotlib's Agg ca
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from hone.cluster.pipeline import format_answers_table, format_pipeline_table
-from hone.cluster.rundir import format_table, read_json, read_jsonl
+from hone.cluster.rundir import format_table
 from hone.training.errors import HoneError
+from hone.training.files import read_json, read_jsonl
 
 
 class ReportError(HoneError, RuntimeError):
@@ -118,7 +118,7 @@ def plot_eval(summary: dict[str, Any]) -> Any:
 
 
 def report_sweep(sweep_dir: Path) -> list[Path]:
-    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    sweep = read_json(sweep_dir / "sweep.json")
     trials = sweep["trials"]
     print(f"# sweep {sweep_dir}: {len(trials)} trials, {sweep['mode']} {sweep['metric']}")
     print(format_trials(sweep))
@@ -201,7 +201,7 @@ def plot_ranked(sweep: dict[str, Any]) -> Any:
 
 
 def report_pipeline(pipeline_dir: Path) -> list[Path]:
-    saved = json.loads((pipeline_dir / "pipeline.json").read_text())
+    saved = read_json(pipeline_dir / "pipeline.json")
     stages, answers = saved["stages"], saved.get("answers") or {}
     print(f"# pipeline {pipeline_dir}: {len(stages)} stages")
     written: list[Path] = []

@@ -9,7 +9,6 @@ trains (resuming from the last checkpoint) and evaluates the result -> summary.j
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 from hone.cluster.connect import ray_session
 from hone.cluster.hooks import NO_HOOKS, RunHooks
 from hone.cluster.progress import MetricsFile
-from hone.cluster.rundir import claim, finish_run, finished_run, inspect, read_json
+from hone.cluster.rundir import claim, finish_run, finished_run, inspect
 from hone.cluster.tracking import Tracker
 from hone.rl.controller import Controller, reserve_roles
 from hone.rl.prepare import prepare_rl
 from hone.training.config import HoneConfig
+from hone.training.files import read_json, write_json
 
 
 def run_rl(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def _eval_before(run_dir: Path, controller: Controller, num_prompts: int) -> dic
     if before is None:
         print(f"hone: evaluating the base policy on {num_prompts} held-out prompts ...", flush=True)
         before = controller.evaluate()
-        path.write_text(json.dumps(before))
+        write_json(path, before)
     print(f"hone: base policy mean reward {before['mean_reward']:.4f} on held-out prompts", flush=True)
     return before
 

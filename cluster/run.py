@@ -11,18 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 from hone.cluster.hooks import NO_HOOKS, RunHooks
+from hone.cluster.rundir import run_dir_lock
 from hone.training.config import HoneConfig
 
 
 def run(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
-    """Train the config's mode; returns the run's summary (what summary.json holds)."""
-    if cfg.mode == "rl":
-        from hone.cluster.rl_run import run_rl
+    """Train the config's mode; returns the run's summary (what summary.json holds). The run dir is
+    locked throughout: a `hone run`, a `hone tune` trial and a pipeline stage all come through here."""
+    with run_dir_lock(cfg.output_dir):
+        if cfg.mode == "rl":
+            from hone.cluster.rl_run import run_rl
 
-        return run_rl(cfg, address, hooks)
-    from hone.cluster.train_run import run_train
+            return run_rl(cfg, address, hooks)
+        from hone.cluster.train_run import run_train
 
-    return run_train(cfg, address, hooks)
+        return run_train(cfg, address, hooks)
 
 
 def prepare_any(cfg: HoneConfig) -> Any:

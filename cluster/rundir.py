@@ -1,34 +1,35 @@
 """The run directory: claim it safely, and decide between a new run, a resume and a finished run.
 
-A folder holding a different run is refused (and left untouched) unless `overwrite=true` is set.
+A folder holding a different run is refused (and left untouched) unless `overwrite=true` is set, and
+even then hone deletes only a folder it made itself (it holds the `.hone-run` marker), never the working
+directory, the home directory, `/` or a folder holding the run's own inputs. The same run again (same
+config) always resumes, with or without overwrite, so rerunning a command can never wipe it. While a
+run trains its folder is locked: a second hone on it stops at once, naming the first.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import os
 import re
 import shutil
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hone.training.config import HoneConfig, to_dict, to_yaml
+from hone.training.config import HoneConfig, PathKind, map_paths, to_dict, to_yaml
 from hone.training.errors import HoneError
+from hone.training.files import read_json, write_json, write_text
 
 # Settings that may change between a run and its resume without making it a different run.
 RESUMABLE_CHANGES = {"overwrite", "scaling.placement_timeout_s", "scaling.max_failures"}
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file a run wrote, or None where it has not been written (yet)."""
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A JSONL file a run appends to (metrics.jsonl, exploits.jsonl), or [] where it has not started."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+MARKER = ".hone-run"  # written into every folder hone claims; only a folder holding it may be replaced
 
 
 class RunDirError(HoneError, RuntimeError):
@@ -68,11 +69,13 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def inspect(cfg: HoneConfig) -> tuple[Path, str]:
     """Read-only: the run dir and what claiming it would mean ("new", "replace", "resume", "finished").
     Raises RunDirError for a dir that must not be used."""
+    if not cfg.output_dir.strip():
+        raise RunDirError("output_dir is empty (an unset variable?): name the folder the run should write, e.g. runs/my-run")
     out = Path(cfg.output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise RunDirError(f"output_dir {out} is a file; point output_dir at a folder")
-    if out.exists() and any(out.iterdir()):
-        return out, _existing_state(cfg, out) or "replace"
+    if out.exists() and any(p.name != MARKER for p in out.iterdir()):
+        return out, _existing_state(cfg, out)
     return out, "new"
 
 
@@ -80,33 +83,120 @@ def claim(cfg: HoneConfig) -> tuple[Path, str]:
     """Take the run dir: returns it and its state, "new", "resume" or "finished"."""
     out, state = inspect(cfg)
     if state in ("resume", "finished"):
+        _mark(out)  # a run dir from before the marker existed becomes one hone may replace later
         return out, state
     if state == "replace":
         _remove_checkpoints_elsewhere(out)
         shutil.rmtree(out)
         print(f"hone: overwrite=true, removed the earlier run in {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    _mark(out)
+    write_text(out / "config.yaml", to_yaml(cfg))
     return out, "new"
 
 
-def _existing_state(cfg: HoneConfig, out: Path) -> str | None:
-    """resume/finished for the same run; None when overwrite allows replacing it; else an error."""
-    saved = out / "config.yaml"
-    if cfg.overwrite:
-        return None
-    if not saved.exists():
+def _mark(out: Path) -> None:
+    if not (out / MARKER).exists():
+        write_json(out / MARKER, {"run_id": uuid.uuid4().hex, "created": time.time()})
+
+
+def _existing_state(cfg: HoneConfig, out: Path) -> str:
+    """resume/finished for the same run (overwrite or not); replace for a different one that overwrite
+    allows and that hone may delete; else an error that changes nothing."""
+    marked = (out / MARKER).exists()
+    diffs = _saved_differences(cfg, out / "config.yaml", marked)
+    if diffs == []:  # also a run from before the marker existed: it resumes, and is marked then
+        return "finished" if (out / "summary.json").exists() else "resume"
+    if not marked:
         raise RunDirError(
-            f"output_dir {out} is not empty and holds no hone run; choose another output_dir, or set overwrite=true to replace its contents"
+            f"output_dir {out} is not empty and holds no hone run (no {MARKER} marker); hone replaces only folders it "
+            "made, even with overwrite=true: choose another output_dir, or empty this one yourself"
         )
-    diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg))
-    if diffs:
+    if not cfg.overwrite:
         shown = ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
         raise RunDirError(
             f"output_dir {out} holds a different run (config differs in: {shown}). Nothing was changed. "
             "Choose another output_dir, or set overwrite=true to replace that run"
         )
-    return "finished" if (out / "summary.json").exists() else "resume"
+    _check_replaceable(cfg, out)
+    return "replace"
+
+
+def _saved_differences(cfg: HoneConfig, saved: Path, marked: bool) -> list[str]:
+    """How the run saved in `saved` differs from `cfg`; ["config.yaml"] when there is no readable one."""
+    try:
+        old = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        if marked:
+            raise RunDirError(
+                f"{saved} is torn or not YAML ({err}); an interrupted write left it so. Nothing was changed"
+            ) from None
+        old = None
+    if not isinstance(old, dict):
+        return ["config.yaml"]
+    return config_differences(old, to_dict(cfg))
+
+
+def _check_replaceable(cfg: HoneConfig, out: Path) -> None:
+    """overwrite=true deletes `out`, a folder hone made: never one that is also the root, home or working
+    directory, nor one that holds what the run reads."""
+    protected = {
+        Path("/"): "the filesystem root",
+        Path.home().resolve(): "your home directory",
+        Path.cwd(): "the working directory",
+    }
+    if out in protected:
+        raise RunDirError(f"output_dir {out} is {protected[out]}; overwrite=true never deletes it: choose a folder of its own")
+    for key, value in _input_paths(cfg):
+        if Path(value).expanduser().resolve().is_relative_to(out):
+            raise RunDirError(
+                f"output_dir {out} holds {key}={value}, which this run reads; overwrite=true would delete it: "
+                "choose an output_dir that does not contain the run's inputs"
+            )
+
+
+def _input_paths(cfg: HoneConfig) -> list[tuple[str, str]]:
+    """The local files and folders the run reads (data, model, reward modules): never inside what it deletes."""
+    found: list[tuple[str, str]] = []
+
+    def collect(key: str, value: Any, kind: PathKind, _: dict[str, Any]) -> Any:
+        if kind in ("data", "model", "module") and isinstance(value, str) and value and Path(value).expanduser().exists():
+            found.append((key, value))
+        return value
+
+    map_paths(to_dict(cfg), collect)
+    return found
+
+
+def lock_path(out: Path) -> Path:
+    # Beside the run dir, not in it: replacing a run deletes the folder, and the lock must outlive that.
+    return out.parent / f".{out.name}.hone-lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(output_dir: str | Path) -> Iterator[None]:
+    """Hold the run dir for the whole run. A second hone on the same output_dir (another terminal, a
+    resubmitted job, a KubeRay retry while the old pod drains) fails at once naming the holder, before it
+    reads or changes anything. flock is released by the kernel when the holder dies, so a lock never
+    goes stale; on NFS it needs a lock daemon (most servers have one)."""
+    out = Path(output_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(out)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirError(
+            f"output_dir {out} is in use by {holder}; nothing was changed. Wait for that run to end (or stop it), then rerun"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"hone pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 STORAGE_RECORD = "storage.json"
@@ -123,12 +213,12 @@ def checkpoint_location(cfg: HoneConfig, run_dir: Path) -> tuple[str, str]:
         return str(run_dir), "checkpoints"
     record = run_dir / STORAGE_RECORD
     if record.exists():
-        saved = json.loads(record.read_text())
+        saved = read_json(record)
         return saved["storage_path"], saved["name"]
     storage = cfg.scaling.storage_path
     storage = storage if "://" in storage else str(Path(storage).expanduser())
     name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
-    record.write_text(json.dumps({"storage_path": storage, "name": name}))
+    write_json(record, {"storage_path": storage, "name": name})
     return storage, name
 
 
@@ -142,7 +232,7 @@ def _remove_checkpoints_elsewhere(run_dir: Path) -> None:
     # object storage they are left (hone does not delete from buckets), and nothing will resume them.
     record = run_dir / STORAGE_RECORD
     if record.exists():
-        saved = json.loads(record.read_text())
+        saved = read_json(record)
         folder = local_checkpoints(saved["storage_path"], saved["name"])
         if folder is not None and folder.is_dir():
             shutil.rmtree(folder)
@@ -161,7 +251,7 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
     snapshot = folder / "checkpoint_manager_snapshot.json"
     registered: set[str] = set()
     if snapshot.exists():
-        state = json.loads(snapshot.read_text())
+        state = read_json(snapshot)
         results = state.get("checkpoint_results", []) + [state.get("latest_checkpoint_result") or {}]
         registered = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
     orphans = sorted(p.name for p in folder.glob("step_*") if p.is_dir() and p.name not in registered)
@@ -178,14 +268,14 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
 
 def finish_run(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write summary.json (which marks the run finished) and print the table."""
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary, indent=2)
     print(format_table(summary))
 
 
 def finished_run(run_dir: Path) -> dict[str, Any]:
     """A rerun of a finished run trains nothing: it shows the result again."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(f"hone: {run_dir} already holds this finished run; set overwrite=true to train again.")
+    summary = read_json(run_dir / "summary.json")
+    print(f"hone: {run_dir} already holds this finished run; delete that folder to train it again from scratch.")
     print(format_table(summary))
     return summary
 

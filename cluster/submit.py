@@ -31,7 +31,7 @@ import yaml
 from hone.cluster.jobs import JobsError, connect, follow, guarded
 from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline
 from hone.rl.rewards import RewardError, reward_module_files
-from hone.training.config import HoneConfig, PathKind, map_paths, to_dict
+from hone.training.config import HoneConfig, PathKind, map_paths, saved_dict
 from hone.training.models import looks_like_path
 
 # The dashboard refuses request bodies over 100 MiB (ray_constants.DASHBOARD_CLIENT_MAX_SIZE), and the
@@ -124,16 +124,18 @@ def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
             return shipment.add(value, key)
         return value  # a hub id, `previous`, eval as a fraction, storage (already shared or a URI)
 
-    return map_paths(to_dict(cfg), ship)
+    return map_paths(saved_dict(cfg), ship)
 
 
 def submit_config(args: argparse.Namespace, cfg: HoneConfig) -> int:
     """One config: `hone tune` when it has a tune.space (as `hone validate` checks it), else `hone run`."""
     command = "tune" if cfg.tune.space else "run"
+    _warn_overwrite([cfg])
     return _submit(args, command, lambda shipment: ship_config(cfg, shipment))
 
 
 def submit_pipeline(args: argparse.Namespace, pipeline: Pipeline) -> int:
+    _warn_overwrite([s.config for s in pipeline.stages])
     return _submit(args, "run", lambda shipment: ship_pipeline(pipeline, shipment))
 
 
@@ -147,6 +149,15 @@ def ship_pipeline(pipeline: Pipeline, shipment: _Shipment) -> dict[str, Any]:
         questions = dataclasses.asdict(pipeline.eval)
         raw["eval"] = map_paths(questions, lambda key, value, kind, _: shipment.add(value, f"eval.{key}"), AnswerEval)
     return raw
+
+
+def _warn_overwrite(configs: list[HoneConfig]) -> None:
+    if any(c.overwrite for c in configs):
+        print(
+            "hone: overwrite=true is not sent with the job (a retried job would replace its run again); on the "
+            "cluster a run dir holding a different run is refused: give the run a new output_dir",
+            flush=True,
+        )
 
 
 def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX_SHIP_BYTES) -> int:

@@ -9,7 +9,6 @@ check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from hone.cluster.rundir import (
 )
 from hone.cluster.tracking import Tracker
 from hone.training.config import HoneConfig
+from hone.training.files import read_json, write_json
 from hone.training.prepare import Prepared, attach_reference, prepare
 
 
@@ -80,13 +80,13 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
 
     path = run_dir / "reference_logps.json"
     if path.exists():
-        logps = json.loads(path.read_text())
+        logps = read_json(path)
     else:
         print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
         task = worker_task(reference_logps, cfg.scaling)
         splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
         logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
-        path.write_text(json.dumps(logps))
+        write_json(path, logps)
     attach_reference(prepared, logps)
 
 
@@ -94,10 +94,10 @@ def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str
     # Cached so a resumed run does not pay for the base model's evaluation twice.
     path = run_dir / "eval_before.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path)
     print("hone: evaluating the base model ...", flush=True)
     before = _evaluate(cfg, prepared, prepared.resolved_model)
-    path.write_text(json.dumps(before))
+    write_json(path, before)
     return before
 
 

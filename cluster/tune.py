@@ -29,8 +29,9 @@ import yaml
 from hone.cluster.connect import ray_session
 from hone.cluster.hooks import RunHooks
 from hone.cluster.run import prepare_any, run
-from hone.cluster.rundir import claim, read_json, read_jsonl
+from hone.cluster.rundir import claim, run_dir_lock
 from hone.training.config import ConfigError, HoneConfig, apply_override, config_fields, from_dict, to_dict
+from hone.training.files import read_json, read_jsonl, write_json, write_text
 
 # The eval metrics each mode reports (summary.json eval.after); those marked live are also reported
 # while training, which is what lets ASHA compare trials before they finish.
@@ -188,8 +189,8 @@ def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     check_tune(cfg)
     prepare_any(cfg)  # data and model checked once, with the base config, before any trial starts
     sweep = Path(cfg.output_dir).expanduser().resolve()
-    sweep.mkdir(parents=True, exist_ok=True)
-    with ray_session(address):
+    with run_dir_lock(sweep), ray_session(address):  # one sweep at a time in a sweep dir
+        sweep.mkdir(parents=True, exist_ok=True)
         results = _fit(cfg, sweep)
         if cfg.tune.scheduler == "pbt":
             _prune_pbt_checkpoints(sweep, cfg.checkpoint.keep)
@@ -360,12 +361,12 @@ def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[
         )
     # Hard links: no copy on one filesystem, and a registered checkpoint's files are never rewritten.
     shutil.copytree(pointer["checkpoint"], run_dir / START_DIR, copy_function=_link_or_copy)
-    (run_dir / START_DIR / CLONE_RECORD).write_text(json.dumps(clone))
+    write_json(run_dir / START_DIR / CLONE_RECORD, clone)
     for name in ("eval_before.json", "reference_logps.json"):  # the same base model and pairs in every trial
         if (donor / name).exists():
             shutil.copy2(donor / name, run_dir / name)
     lineage = [r for r in read_jsonl(donor / "metrics.jsonl") if r["step"] <= pointer["step"]]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lineage))
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lineage))
     history.append(
         {
             "from_trial": donor.name,
@@ -377,7 +378,7 @@ def _clone(cfg: HoneConfig, run_dir: Path, pointer: dict[str, Any], clone: dict[
             "overrides": clone["overrides"],
         }
     )
-    (run_dir / EXPLOITS).write_text("".join(json.dumps(r) + "\n" for r in history))
+    write_text(run_dir / EXPLOITS, "".join(json.dumps(r) + "\n" for r in history))
     print(
         f"hone: pbt: {run_dir.name} continues from {donor.name} at step {pointer['step']} with {clone['overrides']}", flush=True
     )
@@ -424,7 +425,7 @@ def _write_sweep(cfg: HoneConfig, sweep: Path, results: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"metric": t.metric, "mode": t.mode, "scheduler": t.scheduler, "trials": ranked, "best": None}
     if finite:
         report["best"] = _write_best(cfg, sweep, ranked[0])
-    (sweep / "sweep.json").write_text(json.dumps(report, indent=2))
+    write_json(sweep / "sweep.json", report, indent=2)
     return report
 
 
@@ -451,9 +452,9 @@ def _write_best(cfg: HoneConfig, sweep: Path, best: dict[str, Any]) -> dict[str,
     raw["output_dir"] = str(sweep / "best")
     for key, value in best["overrides"].items():
         apply_override(raw, f"{key}={json.dumps(value)}")
-    (sweep / "best.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_text(sweep / "best.yaml", yaml.safe_dump(raw, sort_keys=False))
     model = Path(best["run_dir"]) / "model"
-    (sweep / "best_model.txt").write_text(str(model) + "\n")
+    write_text(sweep / "best_model.txt", str(model) + "\n")
     return {
         "trial_id": best["trial_id"],
         "run_dir": best["run_dir"],

@@ -264,7 +264,8 @@ class TuneConfig:
 class HoneConfig:
     mode: Literal["pretrain", "sft", "dpo", "reward", "rl"] = "sft"
     output_dir: str = path_field("output", "runs/latest")
-    # Replace an output dir that holds a different run. Without it hone refuses and touches nothing.
+    # Replace an output dir that holds a different run (one hone made). Without it hone refuses and touches
+    # nothing. The same run again always resumes. Never saved in config.yaml nor shipped with a job.
     overwrite: bool = False
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -674,7 +675,17 @@ def to_dict(cfg: HoneConfig) -> dict[str, Any]:
 
 
 def to_yaml(cfg: HoneConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as a run saves it (config.yaml) and ships it. `overwrite` is left out: it is a
+    one-time instruction to the command that carried it, and saved or shipped it would wipe the run again
+    on every rerun or job retry."""
+    return yaml.safe_dump(saved_dict(cfg), sort_keys=False)
+
+
+def saved_dict(cfg: HoneConfig) -> dict[str, Any]:
+    """The config as config.yaml and a shipped job hold it: everything but `overwrite` (see to_yaml)."""
+    raw = to_dict(cfg)
+    del raw["overwrite"]
+    return raw
 
 
 def from_dict(raw: dict[str, Any]) -> HoneConfig:

@@ -134,9 +134,11 @@ def test_each_run_gets_its_own_checkpoint_folder_under_storage_path(tmp_path):
     assert json.loads((run_dir / "storage.json").read_text()) == {"storage_path": storage, "name": name}
     (shared / name / "step_0000010").mkdir(parents=True)
 
-    run_dir, state = claim(cfg)  # overwrite=true replaces the run: its checkpoints go, the name is new
+    assert claim(cfg)[1] == "resume"  # the same run again resumes, overwrite or not
+    changed = load_config(None, sft(tmp_path, f"scaling.storage_path={shared}", "overwrite=true", "optim.lr=1e-3"))
+    run_dir, state = claim(changed)  # overwrite=true replaces a different run: its checkpoints go, the name is new
     assert state == "new" and not (shared / name).exists()
-    assert checkpoint_location(cfg, run_dir)[1] != name
+    assert checkpoint_location(changed, run_dir)[1] != name
     assert local_checkpoints("s3://bucket/runs", name) is None
 
 

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from hone.cluster.run import run
-from hone.cluster.rundir import read_jsonl
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.tiny import preference_rows, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
-from hone.cluster.rundir import read_jsonl
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from hone.cluster.connect import PlacementError
 from hone.cluster.run import run
-from hone.cluster.rundir import RunDirError, read_jsonl
+from hone.cluster.rundir import RunDirError
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.cli import main
-from hone.cluster.rundir import read_jsonl
 from hone.cluster.tune import check_tune, tune_run
 from hone.training.config import ConfigError, load_config
+from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
 from tests.wandb_files import read_run
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from hone.cluster.run import run
-from hone.cluster.rundir import read_jsonl
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
 
 pytestmark = pytest.mark.slow

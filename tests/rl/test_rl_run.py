@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
-from hone.cluster.rundir import read_jsonl
 from hone.rl.rewards import RewardError
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.rl.conftest import rl_overrides
 
 pytestmark = pytest.mark.slow
