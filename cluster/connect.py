@@ -17,6 +17,27 @@ class PlacementError(HoneError, RuntimeError):
     """The cluster cannot place the requested workers."""
 
 
+class RayStartError(HoneError, RuntimeError):
+    """The embedded Ray cluster cannot start here."""
+
+
+# Ray puts Unix sockets under <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/, and a socket path may
+# not exceed 107 bytes. The longest name there is dash_MetricsHead; with hone's `hone-ray-XXXXXXXX` folder
+# and a 7-digit pid that leaves 21 characters for HONE_RAY_TMP. Past it, Ray fails after a minute with a
+# traceback that names neither the variable nor the limit.
+MAX_RAY_TMP_CHARS = 107 - len("/hone-ray-XXXXXXXX") - len("/session_2026-12-01_20-42-58_702298_1234567") - len("/sockets/dash_MetricsHead")
+
+
+def _ray_tmp() -> str:
+    base = os.environ.get("HONE_RAY_TMP", "/tmp")
+    if len(base) > MAX_RAY_TMP_CHARS:
+        raise RayStartError(
+            f"HONE_RAY_TMP={base} is {len(base)} characters; Ray's socket paths under it would pass the 107-byte limit "
+            f"of Unix sockets: use a folder of at most {MAX_RAY_TMP_CHARS} characters, such as /tmp"
+        )
+    return base
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Join `address`, or start a fresh local cluster that ends with the run.
@@ -32,7 +53,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=os.environ.get("HONE_RAY_TMP", "/tmp"))
+        temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=_ray_tmp())
         # Ray starts workers at niceness 15, so on a small machine its own background processes take CPU
         # from training; in a cluster that exists only for this run, training comes first (~13% faster
         # steps measured on 2 cores). Ray Train's print patch would also echo every worker line twice.

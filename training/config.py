@@ -25,6 +25,52 @@ class ConfigError(HoneError, ValueError):
     """A config problem the user must fix; the message says where and how."""
 
 
+MAX_NESTING = 64  # a config is a few levels deep; thousands (a RecursionError in PyYAML) is not a config
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML for configs: a key given twice is an error (PyYAML silently keeps the last, dropping the
+    user's first value), and so are aliases (`*name`: an anchor bomb of a few hundred bytes expands
+    exponentially when the config is copied) and absurd nesting. Configs need none of them."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config; write the value out", event.start_mark
+            )
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep", self.peek_event().start_mark
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {lines[key]} and {line}); merge them into one",
+                    key_node.start_mark,
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 # What a path field holds, which decides how it is resolved (against the config file's folder) and how
 # it travels to a cluster (`hone submit` ships it, `hone k8s render` puts it in the pod):
 #   data    a data file or folder (a list field holds several)   model    a local model or a hub id
@@ -310,7 +356,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass the path of a YAML config")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); re-save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -391,7 +441,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value, for example optim.lr=1e-5")
     key, _, text = item.partition("=")
-    value = yaml.safe_load(text) if text else ""
+    try:
+        value = parse_yaml(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)})") from None
     node: Any = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:

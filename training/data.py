@@ -29,6 +29,9 @@ FORMAT_FIELDS = {
 PREFERENCE_MODES = ("dpo", "reward")
 
 
+ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates know
+
+
 def normalize_answer(text: Any) -> str:
     """How every exact match in hone compares an answer with its reference (the sft and pipeline
     evaluations, the RL `exact_match` reward): whitespace runs collapsed, case ignored."""
@@ -80,10 +83,25 @@ def _read_path(path: Path) -> list[Row]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, .txt or .md")
 
 
+def _read_utf8(path: Path) -> str:
+    """A text data file's content. A UTF-8 byte-order mark (Windows tools write one) is dropped; a file
+    that is not UTF-8, or holds NUL bytes (a binary file named .txt), is refused by name."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); re-save it as UTF-8, or remove it"
+        ) from None
+    if "\x00" in text:
+        raise DataError(f"{path}: holds NUL bytes, so it is not a text file; remove it from the data folder or config")
+    return text
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     # Parsed by hand rather than with `datasets`, whose JSON errors do not say which line is broken.
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -99,7 +117,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -110,10 +128,15 @@ def _read_json(path: Path) -> list[Row]:
 
 
 def _read_table(path: Path) -> list[Row]:
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); write the rows into it, or remove it from the config")
     import datasets
 
     reader = datasets.Dataset.from_csv if path.suffix.lower() == ".csv" else datasets.Dataset.from_parquet
-    table = reader(str(path), keep_in_memory=True)
+    try:
+        table = reader(str(path), keep_in_memory=True)
+    except Exception as err:  # pyarrow's and pandas' parse errors, which name no file
+        raise DataError(f"{path}: not a readable {path.suffix.lower()[1:]} file ({type(err).__name__}: {err})") from None
     # CSV rows are numbered as a spreadsheet shows them: the header is row 1.
     first = 2 if path.suffix.lower() == ".csv" else 0
     return [{**row, "_source": f"{path}:row {first + i}"} for i, row in enumerate(table.to_list())]
@@ -131,7 +154,7 @@ def _read_saved_dataset(path: Path) -> list[Row]:
 
 
 def _read_text_file(path: Path) -> list[Row]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     return [{"text": text, "_source": str(path)}] if text.strip() else []
 
 
@@ -176,6 +199,9 @@ def _check_messages(row: Row, field: str = "messages", need_assistant: bool = Tr
     )
     if not ok:
         raise DataError(f"{row['_source']}: '{field}' must be a list of {{'role': ..., 'content': ...}} objects")
+    for m in messages:
+        if m["role"] not in ROLES:
+            raise DataError(f"{row['_source']}: '{field}' has a message with role {m['role']!r}; use one of {', '.join(ROLES)}")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{row['_source']}: '{field}' has no assistant turn, so there is nothing to learn")
 

@@ -102,6 +102,20 @@ def objective(model: ModelConfig, resolved: str) -> str:
     raise ModelSourceError(f"model.source: cannot train a {config.model_type!r} model as a causal or masked LM")
 
 
+def check_max_seq_len(model: ModelConfig, resolved: str, max_seq_len: int) -> None:
+    """data.max_seq_len must fit the model's positions: past them, learned position embeddings (GPT-2,
+    BERT) fail inside a worker with an index error and rotary ones train silently beyond their context."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolved, trust_remote_code=model.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and max_seq_len > limit:
+        raise ModelSourceError(
+            f"data.max_seq_len={max_seq_len} is longer than the model reads ({limit} positions, max_position_embeddings "
+            f"of {resolved}); set data.max_seq_len to {limit} or less"
+        )
+
+
 def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) -> Any:
     """kind: causal, masked, or reward (a sequence classifier with one output on the base model)."""
     import torch

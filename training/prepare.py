@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, DataError, Row, read_dataset
 from hone.training.ds_config import global_batch
-from hone.training.models import load_tokenizer, objective, resolve_source
+from hone.training.models import check_max_seq_len, load_tokenizer, objective, resolve_source
 
 if TYPE_CHECKING:
     from hone.training.tokens import Example, TokenStats
@@ -60,6 +60,7 @@ def prepare(cfg: HoneConfig) -> Prepared:
     if cfg.mode in PREFERENCE_MODES and cfg.data.packing:
         raise DataError(f"data.packing=true does not apply to mode {cfg.mode}: pairs are scored whole; set data.packing=false")
     kind = "reward" if cfg.mode == "reward" else kind
+    check_max_seq_len(cfg.model, resolved, cfg.data.max_seq_len)
     tokenizer = load_tokenizer(cfg.model, resolved)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
