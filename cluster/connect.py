@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from hone.training.config import ScalingConfig
@@ -25,7 +26,9 @@ class RayStartError(HoneError, RuntimeError):
 # not exceed 107 bytes. The longest name there is dash_MetricsHead; with hone's `hone-ray-XXXXXXXX` folder
 # and a 7-digit pid that leaves 21 characters for HONE_RAY_TMP. Past it, Ray fails after a minute with a
 # traceback that names neither the variable nor the limit.
-MAX_RAY_TMP_CHARS = 107 - len("/hone-ray-XXXXXXXX") - len("/session_2026-12-01_20-42-58_702298_1234567") - len("/sockets/dash_MetricsHead")
+MAX_RAY_TMP_CHARS = (
+    107 - len("/hone-ray-XXXXXXXX") - len("/session_2026-12-01_20-42-58_702298_1234567") - len("/sockets/dash_MetricsHead")
+)
 
 
 def _ray_tmp() -> str:
@@ -61,10 +64,21 @@ def ray_session(address: str | None) -> Iterator[None]:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
         ray.init(address="local", _temp_dir=temp_dir, include_dashboard=True, logging_level=logging.WARNING)
+        _private_files(Path(temp_dir))
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _private_files(temp_dir: Path) -> None:
+    """Ray makes its session dir world-writable and writes the token it generates for a new local cluster
+    (~/.ray/auth_token) world-readable; with it any user of the machine could run code as this one.
+    Ray's own processes run as this user, so owner-only modes take nothing from them."""
+    temp_dir.chmod(0o700)
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if token.is_file() and token.stat().st_mode & 0o077:
+        token.chmod(0o600)
 
 
 def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:

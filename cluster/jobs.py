@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from hone.training.errors import HoneError
 
@@ -33,14 +35,17 @@ class JobsError(HoneError, RuntimeError):
     """The cluster could not be reached, refused us, or refused the request; nothing was created."""
 
 
-def read_token(token_file: str | None) -> tuple[str | None, str]:
-    """The token and where it came from (for messages; the token itself is never shown)."""
+def read_token(token_file: str | None, remote: bool = False) -> tuple[str | None, str]:
+    """The token and where it came from (for messages; the token itself is never shown). For a remote
+    address Ray's own ~/.ray/auth_token is not used: on any machine that ran `hone run` it holds the
+    embedded local cluster's token, which must never reach another host; name the file instead."""
     candidates: list[tuple[str, str | None]] = [
         (f"--token-file {token_file}", token_file),
         ("$RAY_AUTH_TOKEN", None),
         ("$RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH")),
-        ("~/.ray/auth_token", str(Path.home() / ".ray" / "auth_token")),
     ]
+    if not remote:
+        candidates.append(("~/.ray/auth_token", str(Path.home() / ".ray" / "auth_token")))
     for source, path in candidates:
         if source == "$RAY_AUTH_TOKEN":
             token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
@@ -75,12 +80,31 @@ def dashboard_address(address: str | None) -> str:
     return address if "://" in address else f"http://{address}"
 
 
-def connect(address: str | None, token_file: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+def is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def connect(
+    address: str | None, token_file: str | None, insecure_http: bool = False, timeout_s: float = CONNECT_TIMEOUT_S
+) -> Any:
     """A JobSubmissionClient for a cluster that answered, and accepted our token, within `timeout_s`."""
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_address(address)
-    token, source = read_token(token_file)
+    remote = not is_loopback(url)
+    token, source = read_token(token_file, remote=remote)
+    if token and remote and url.startswith("http://") and not insecure_http:
+        raise JobsError(
+            f"refusing to send the cluster token in clear text to {url}: use https://, or a tunnel "
+            "(ssh -L 8265:localhost:8265 HEAD, kubectl port-forward) and --address http://127.0.0.1:8265; "
+            "--insecure-http sends it anyway"
+        )
     # Passed as our own header: Ray's client adds the token only when RAY_AUTH_MODE=token is set in
     # this process, and from its own sources; an explicit header makes the one hone chose the one used.
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -157,7 +181,7 @@ def follow(client: Any, job_id: str) -> str:
 
 
 def jobs_command(args: argparse.Namespace) -> int:
-    client = connect(args.address, args.token_file)
+    client = connect(args.address, args.token_file, args.insecure_http)
     url = client.get_address()
     if args.action == "list":
         jobs = guarded(url, client.list_jobs)
@@ -188,7 +212,12 @@ def add_client_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--token-file",
         default=None,
-        help="file holding the cluster's auth token (default: $RAY_AUTH_TOKEN, then Ray's token file)",
+        help="file holding the cluster's auth token (default: $RAY_AUTH_TOKEN, then Ray's token file for 127.0.0.1)",
+    )
+    cmd.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="send the token over plain http to a host that is not 127.0.0.1 (it can be read on the way)",
     )
 
 

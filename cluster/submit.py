@@ -32,6 +32,7 @@ from hone.cluster.jobs import JobsError, connect, follow, guarded
 from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline
 from hone.rl.rewards import RewardError, reward_module_files
 from hone.training.config import HoneConfig, PathKind, map_paths, saved_dict
+from hone.training.data import DataError, folder_files
 from hone.training.models import looks_like_path
 
 # The dashboard refuses request bodies over 100 MiB (ray_constants.DASHBOARD_CLIENT_MAX_SIZE), and the
@@ -47,16 +48,30 @@ class _Shipment:
         self.root = Path(tempfile.mkdtemp(prefix="hone-submit-"))
         self.shared = [Path(p).expanduser().resolve() for p in shared]
         self.files: dict[Path, str] = {}  # local path -> its relative path in the working_dir
+        self.folders: dict[Path, str] = {}  # a data folder -> the folder its files go to
 
     def add(self, value: str, field: str) -> str:
-        """The config value to ship for a local path: its path inside the job's working dir."""
+        """The config value to ship for a local path: its path inside the job's working dir. A folder
+        goes as the files the run reads from it (training/data.py folder_files), nothing else."""
         path = Path(value).expanduser().resolve()
         if any(path.is_relative_to(s) for s in self.shared):
             return str(path)  # on storage the cluster sees at the same path (--shared)
         if not path.exists():
             raise JobsError(f"{field}: {path} does not exist here, so it cannot be shipped with the job")
+        if path in self.folders:
+            return self.folders[path]
+        if path.is_dir() and field.startswith("data."):
+            home = f"{SHIPPED}/{len(self.files) + len(self.folders)}-{path.name}"
+            try:
+                files = folder_files(path)
+            except DataError as err:
+                raise JobsError(f"{field}: {err}") from None
+            self.folders[path] = home
+            for file in files:
+                self.files.setdefault(file, f"{home}/{file.relative_to(path).as_posix()}")
+            return home
         if path not in self.files:
-            self.files[path] = f"{SHIPPED}/{len(self.files)}-{path.name}"
+            self.files[path] = f"{SHIPPED}/{len(self.files) + len(self.folders)}-{path.name}"
         return self.files[path]
 
     def add_module(self, folder: str, function: str, field: str) -> str:
@@ -86,12 +101,20 @@ class _Shipment:
             "filesystem, also mounted here so hone can check them) and pass --shared DIR, or give model.source as a hub id"
         )
 
+    def manifest(self) -> str:
+        """What goes with the job, largest first: printed before it is sent."""
+        sizes = sorted(((rel, _size(path)) for path, rel in self.files.items()), key=lambda item: -item[1])
+        shown = [f"  {_mib(n):>10}  {rel}" for rel, n in sizes[:20]]
+        more = [f"  ... and {len(sizes) - 20} more"] if len(sizes) > 20 else []
+        total = _mib(sum(n for _, n in sizes))
+        return "\n".join([f"hone: shipping {len(sizes)} local files ({total}) with the job:", *shown, *more])
+
     def copy(self) -> None:
         (self.root / SHIPPED).mkdir(exist_ok=True)
         for path, rel in self.files.items():
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, self.root / rel)
+            if path.is_dir():  # a local model: its symlinks are followed (a hub cache is made of them), dotfiles left
+                shutil.copytree(path, self.root / rel, ignore=shutil.ignore_patterns(".*"))
             else:
                 shutil.copy2(path, self.root / rel)
 
@@ -165,7 +188,11 @@ def _submit(args: argparse.Namespace, command: str, build: Any, limit: int = MAX
     try:
         raw = build(shipment)
         shipment.check_size(limit)
-        client = connect(args.address, args.token_file)  # after every local check: a bad config never reaches it
+        if shipment.files:
+            print(shipment.manifest(), flush=True)
+        client = connect(
+            args.address, args.token_file, args.insecure_http
+        )  # after every local check: a bad config never reaches it
         shipment.copy()
         (shipment.root / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         entrypoint = f"hone {command} config.yaml --address auto"

@@ -63,11 +63,35 @@ def load_rows(paths: list[str]) -> list[Row]:
     return rows
 
 
+def is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def folder_files(path: Path) -> list[Path]:
+    """The files a data folder contributes: its .txt and .md files (every file of a saved `datasets`
+    dir), never hidden ones (.env, .git/...), and never through a symlink that leads out of the folder.
+    `hone submit` ships exactly these, so a job carries what the run reads and nothing else."""
+    root = path.resolve()
+    saved = is_saved_dataset(path)
+    files = []
+    for p in sorted(path.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(path).parts) or not p.is_file():
+            continue
+        if not (saved or p.suffix.lower() in TEXT_SUFFIXES):
+            continue
+        if not p.resolve().is_relative_to(root):
+            raise DataError(
+                f"{p} is a symlink to {p.resolve()}, outside the data folder {path}; copy the file into the folder or remove the link"
+            )
+        files.append(p)
+    return files
+
+
 def _read_path(path: Path) -> list[Row]:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        if is_saved_dataset(path):
             return _read_saved_dataset(path)
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        files = folder_files(path)
         if not files:
             raise DataError(f"folder {path} has no .txt or .md files and is not a saved `datasets` directory")
         return [row for f in files for row in _read_text_file(f)]
