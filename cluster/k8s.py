@@ -42,8 +42,10 @@ from hone.training.config import HoneConfig, PathKind, RewardSpec, map_paths, sa
 from hone.training.errors import HoneError
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
-# etcd caps an object at ~1.5 MiB and a ConfigMap at 1 MiB; leave room for the config and base64.
-MAX_SHIPPED_BYTES = 700 * 1024
+# A ConfigMap is readable by anyone who may `get configmaps` in the namespace and sits unencrypted in etcd
+# by default, so only small files travel in one (etcd's own cap is ~1.5 MiB); data beyond that goes on
+# the run volume or in object storage.
+MAX_SHIPPED_BYTES = 256 * 1024
 
 
 class _Dumper(yaml.SafeDumper):
@@ -116,6 +118,10 @@ def _check_options(opts: RenderOptions) -> None:
     for flag, value in (("--gpus-per-node", opts.gpus_per_node), ("--cpus-per-node", opts.cpus_per_node)):
         if value < 1:
             raise K8sError(f"{flag}={value} is invalid: a node needs at least 1")
+    if opts.active_deadline_seconds < 1:
+        raise K8sError(
+            f"--active-deadline-seconds={opts.active_deadline_seconds} is invalid: give the seconds a job may run, 1 or more"
+        )
     if opts.max_gpu_nodes < 0 or opts.ttl_seconds < 0:
         raise K8sError("--max-gpu-nodes and --ttl-seconds must be 0 or more")
     if opts.command not in ("auto", "run", "tune"):
@@ -393,6 +399,7 @@ FLAGS = {  # flag -> (RenderOptions field, help); every flag's default is the Re
     "--runs-claim": ("runs_claim", "PersistentVolumeClaim for run dirs and caches (k8s/base/pvc.yaml)"),
     "--runs-mount": ("runs_mount", "where the run volume is mounted; output_dir moves under it"),
     "--ttl-seconds": ("ttl_seconds", "seconds the finished job's cluster stays before KubeRay deletes it"),
+    "--active-deadline-seconds": ("active_deadline_seconds", "seconds after which a still-running job is stopped"),
     "--grace-seconds": ("grace_seconds", "pod termination grace period; longer than a checkpoint save"),
     "--auth-secret": ("auth_secret", "Secret with key auth_token for Ray token auth"),
     "--wandb-secret": ("wandb_secret", "Secret with key api_key for W&B (optional: offline without it)"),

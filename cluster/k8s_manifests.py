@@ -38,6 +38,9 @@ class RenderOptions:
     runs_claim: str = "hone-runs"
     runs_mount: str = "/mnt/runs"
     ttl_seconds: int = 300  # how long the finished job's cluster stays for a look at its logs
+    # A job still running after this is stopped and its cluster deleted: a hung run never holds GPU nodes
+    # for good. Three days; raise it for longer trainings.
+    active_deadline_seconds: int = 3 * 24 * 3600
     grace_seconds: int = 600  # longer than a checkpoint save: SIGTERM -> Ray Train checkpoints -> SIGKILL
     auth_secret: str = "hone-ray-auth"
     wandb_secret: str = "hone-wandb"
@@ -90,7 +93,10 @@ def network_policy(name: str, opts: RenderOptions) -> dict[str, Any]:
         "metadata": _meta(name, name),
         "spec": {
             "podSelector": {"matchLabels": _labels(name)},
-            "policyTypes": ["Ingress"],
+            "policyTypes": ["Ingress", "Egress"],
+            # Out: anywhere but the cloud metadata address (node and workload credentials); the pods run
+            # the user's reward code and, when enabled, trust_remote_code models.
+            "egress": [{"to": [{"ipBlock": block} for block in EGRESS_BLOCKS]}],
             "ingress": [
                 {"from": [own]},
                 {"from": [{"podSelector": {}}], "ports": [{"port": p, "protocol": "TCP"} for p in CLIENT_PORTS]},
@@ -110,6 +116,7 @@ def ray_job(name: str, entrypoint: str, groups: list[Group], opts: RenderOptions
             # Delete the cluster (and release its GPUs) ttlSecondsAfterFinished after the job ends.
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": opts.ttl_seconds,
+            "activeDeadlineSeconds": opts.active_deadline_seconds,
             "submitterPodTemplate": _submitter(name, opts),
             "rayClusterSpec": {
                 "rayVersion": RAY_VERSION,
@@ -186,6 +193,7 @@ def _container(role: str, opts: RenderOptions, resources: dict[str, str]) -> dic
             {"name": "runs", "mountPath": opts.runs_mount},
             {"name": "job", "mountPath": JOB_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *WRITABLE_MOUNTS,
         ],
     }
 
@@ -202,6 +210,7 @@ def _pod_spec(name: str, container: dict[str, Any], opts: RenderOptions, shm_gib
             # NCCL's shared-memory transport and Ray's object store live in /dev/shm; the runtime's 64 MiB
             # default is far too small. A memory-backed emptyDir counts against the memory limit.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
+            *WRITABLE_VOLUMES,
         ],
     }
 
@@ -218,12 +227,14 @@ def _submitter(name: str, opts: RenderOptions) -> dict[str, Any]:
             _secret_env("RAY_AUTH_TOKEN", opts.auth_secret, "auth_token", optional=False),
         ],
         "securityContext": _container_security(),
+        "volumeMounts": list(WRITABLE_MOUNTS),
     }
     spec = {
         "automountServiceAccountToken": False,
         "restartPolicy": "Never",
         "securityContext": _pod_security(),
         "containers": [container],
+        "volumes": list(WRITABLE_VOLUMES),
     }
     return {"metadata": {"labels": _labels(name)}, "spec": spec}
 
@@ -244,4 +255,15 @@ def _pod_security() -> dict[str, Any]:
 
 def _container_security() -> dict[str, Any]:
     # Ray needs no Linux capability; py-spy profiling from the dashboard (SYS_PTRACE) is given up.
-    return {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    # The image is read-only: Ray's session goes to /tmp and caches to the home folder, both emptyDirs.
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+
+
+EGRESS_BLOCKS = ({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}, {"cidr": "::/0", "except": ["fd00:ec2::254/128"]})
+WRITABLE_MOUNTS = ({"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/hone"})
+WRITABLE_VOLUMES = ({"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}})

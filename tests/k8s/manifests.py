@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -209,6 +210,8 @@ def container_problems(where: str, pod_ctx: dict[str, Any], ctx: dict[str, Any])
         problems.append(f"{where}: allowPrivilegeEscalation is not false")
     if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or ctx.get("capabilities", {}).get("add"):
         problems.append(f"{where}: capabilities are not drop [ALL] with nothing added")
+    if ctx.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{where}: readOnlyRootFilesystem is not true")
     return problems
 
 
@@ -246,6 +249,8 @@ def _kind_problems(where: str, doc: dict[str, Any]) -> list[str]:
             problems += container_problems(f"{where} autoscaler", {}, ctx)
     if kind == "RayJob" and spec.get("submissionMode", "K8sJobMode") == "K8sJobMode" and "submitterPodTemplate" not in spec:
         problems.append(f"{where}: KubeRay's default submitter pod has no securityContext; give a submitterPodTemplate")
+    if kind == "RayJob" and not spec.get("activeDeadlineSeconds", 0) > 0:
+        problems.append(f"{where}: no activeDeadlineSeconds, so a hung job holds its nodes for good")
     if kind == "RayJob" and SECRET_NAME.search(spec.get("runtimeEnvYAML", "")):
         problems.append(f"{where}: runtimeEnvYAML names a secret-like key; the Jobs API shows it to anyone")
     return problems
@@ -259,6 +264,8 @@ def _network_problems(docs: list[dict[str, Any]]) -> list[str]:
         spec, where = policy["spec"], f"NetworkPolicy {_name(policy)}"
         if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
             problems.append(f"{where}: does not restrict ingress")
+        if "Egress" not in spec.get("policyTypes", []) or not _blocks_metadata(spec.get("egress", [])):
+            problems.append(f"{where}: egress does not keep the pods from the cloud metadata address 169.254.169.254")
         for rule in spec.get("ingress", []):
             sources = rule.get("from", [])
             if not sources:
@@ -275,6 +282,22 @@ def _network_problems(docs: list[dict[str, Any]]) -> list[str]:
             if not any(_selects(p["spec"].get("podSelector", {}), labels) for p in policies):
                 problems.append(f"{doc['kind']} {_name(doc)} {path}: no NetworkPolicy selects this Ray pod")
     return problems
+
+
+def _blocks_metadata(rules: list[dict[str, Any]]) -> bool:
+    """Every egress rule lists only ipBlocks, and every IPv4 block that spans 169.254.169.254 excepts it."""
+    if not rules:
+        return False
+    for rule in rules:
+        targets = rule.get("to")
+        if not targets or any("ipBlock" not in t for t in targets):
+            return False  # a rule with no `to`, or a pod/namespace selector, says nothing about the address
+        for target in targets:
+            block = target["ipBlock"]
+            if ":" not in block["cidr"] and ipaddress.ip_address("169.254.169.254") in ipaddress.ip_network(block["cidr"]):
+                if "169.254.169.254/32" not in block.get("except", []):
+                    return False
+    return True
 
 
 def _ray_pod_labels(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:

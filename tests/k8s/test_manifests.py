@@ -184,6 +184,11 @@ SECURITY_BREAKS = {
     "ip block": lambda d: _kind(d, "NetworkPolicy")["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
     "default submitter": lambda d: _kind(d, "RayJob")["spec"].pop("submitterPodTemplate"),
     "secret in runtime env": lambda d: _kind(d, "RayJob")["spec"].update(runtimeEnvYAML="env_vars: {WANDB_API_KEY: abc}"),
+    "writable root": lambda d: _worker_container(d)["securityContext"].pop("readOnlyRootFilesystem"),
+    "no egress rules": lambda d: _kind(d, "NetworkPolicy")["spec"].update(policyTypes=["Ingress"]),
+    "metadata reachable": lambda d: _kind(d, "NetworkPolicy")["spec"]["egress"][0]["to"][0]["ipBlock"].pop("except"),
+    "egress to anything": lambda d: _kind(d, "NetworkPolicy")["spec"]["egress"].append({}),
+    "no deadline": lambda d: _kind(d, "RayJob")["spec"].pop("activeDeadlineSeconds"),
 }
 
 
