@@ -117,8 +117,9 @@ def test_submit_wait_runs_the_config_on_the_cluster(head, finished_job):
     # The job read the copies shipped in its working_dir, not this machine's files.
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     [train] = saved["data"]["train"]
-    assert train != str(job["config"].parent / "copy.jsonl") and train.endswith("files/0-copy.jsonl")
-    assert saved["model"]["source"].endswith("files/1-llama")
+    # Shipped in the order the config declares its paths (training/config.py): the model, then the data.
+    assert train != str(job["config"].parent / "copy.jsonl") and train.endswith("files/1-copy.jsonl")
+    assert saved["model"]["source"].endswith("files/0-llama")
     assert re.search(r"/working_dir_files/_ray_pkg_[0-9a-f]+/files/", train)  # the form cluster/rundir.py relies on
     # Checkpoints went to the shared storage_path, in the run's own folder recorded in the run dir.
     [folder] = list(job["storage"].iterdir())
