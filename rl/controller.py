@@ -31,14 +31,19 @@ from hone.rl.batch import RolloutBatch, concat
 from hone.rl.group import ActorGroup, RolePlacementError, role_bundle
 from hone.rl.policy import PolicyWorker, checkpoint_path
 from hone.rl.prepare import PreparedRl
-from hone.rl.rewards import RewardError
+from hone.rl.rewards import RewardError, reward_name
 from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
 from hone.training.config import HoneConfig
+from hone.training.errors import HoneError
 
 COMMITTED = "COMMITTED"
 # Ray restarts a crashed rollout/reward/reference actor this many times before the run gives up.
 ACTOR_RESTARTS = 3
 PLACEMENT_FIX = "lower the role's num_workers/cpus/gpus, drop its custom resources, or add nodes"
+
+
+class RlRunError(HoneError, RuntimeError):
+    """An RL run that cannot go on (an actor that keeps dying or never answers); the message says which and why."""
 
 
 class PolicyDied(RuntimeError):
@@ -120,7 +125,7 @@ class Controller:
                 return
             except PolicyDied as err:
                 if attempt == self.cfg.scaling.max_failures:
-                    raise RuntimeError(f"the policy group failed {attempt + 1} times (scaling.max_failures): {err}") from err
+                    raise RlRunError(f"the policy group failed {attempt + 1} times (scaling.max_failures): {err}") from err
                 self.restarts["policy"] += 1
                 print(f"hone: {err}; restarting the policy group from the last checkpoint", flush=True)
                 self.roles.policy.stop_actors()
@@ -186,14 +191,29 @@ class Controller:
                 raise PolicyDied(f"a policy worker died ({type(err).__name__})") from None
         return [done[r] for r in refs]
 
-    def _collect(self, group: ActorGroup, calls: list[tuple[int, str, tuple, Any]]) -> list[Any]:
+    def _collect(
+        self, group: ActorGroup, calls: list[tuple[int, str, tuple, Any]], on_timeout: Callable[[int], Any] | None = None
+    ) -> list[Any]:
         """Results of per-actor calls, in order. A call whose actor died is issued again to the same actor
-        once Ray has restarted it (`_wait_alive`: calls made while it restarts fail rather than wait)."""
+        once Ray has restarted it (`_wait_alive`: calls made while it restarts fail rather than wait). A call
+        that outlives the role's timeout_s is stuck: its actor is killed (Ray restarts it), and the call's
+        result is `on_timeout(call number)`, or the run ends naming the actor."""
+        timeout = getattr(self.cfg.rl, group.role).timeout_s
         results = []
-        for index, method, args, ref in calls:
+        for number, (index, method, args, ref) in enumerate(calls):
             for attempt in range(ACTOR_RESTARTS + 1):
                 try:
-                    results.append(ray.get(ref))
+                    results.append(ray.get(ref, timeout=timeout))
+                    break
+                except GetTimeoutError:
+                    ray.kill(group.actors[index], no_restart=False)
+                    _wait_alive(group.actors[index], f"{group.role} actor {index}")
+                    if on_timeout is None:
+                        raise RlRunError(
+                            f"{group.role} actor {index} did not return from {method} within {timeout:g} s "
+                            f"(rl.{group.role}.timeout_s); it was restarted. Raise the timeout if the work is that slow"
+                        ) from None
+                    results.append(on_timeout(number))
                     break
                 except RayTaskError as err:
                     if isinstance(err.cause, RewardError):
@@ -201,7 +221,7 @@ class Controller:
                     raise
                 except RayActorError as err:
                     if attempt == ACTOR_RESTARTS:
-                        raise RuntimeError(f"{group.role} actor {index} died {attempt + 1} times; giving up") from err
+                        raise RlRunError(f"{group.role} actor {index} died {attempt + 1} times; giving up") from err
                     self.restarts[group.role] += 1
                     print(f"hone: {group.role} actor {index} died; re-issuing its work once Ray has restarted it", flush=True)
                     _wait_alive(group.actors[index], f"{group.role} actor {index}")
@@ -257,7 +277,9 @@ class Controller:
             )
             for s in shards
         ]
-        results = self._collect(self.roles.reward, self._sharded(self.roles.reward, "score", args))
+        results = self._collect(
+            self.roles.reward, self._sharded(self.roles.reward, "score", args), lambda n: self._reward_timed_out(args[n])
+        )
         parts = {name: torch.tensor([v for r in results for v in r[0][name]]) for name in results[0][0]}
         bad = [(int(s[i]), text) for s, r in zip(shards, results, strict=True) for i, text in r[1]]
         if bad and self.cfg.rl.on_bad_reward == "fail":
@@ -269,6 +291,16 @@ class Controller:
         total = sum(weights[k] * torch.nan_to_num(v) for k, v in parts.items())
         batch.rewards, batch.valid, batch.reward_parts = total, valid, parts  # type: ignore[assignment]
         return batch, parts, time.perf_counter() - started
+
+    def _reward_timed_out(self, shard: tuple) -> tuple[dict[str, list[float]], list[tuple[int, str]]]:
+        """A reward call that never returned: every sample of its shard is bad (failing the run, or skipped)."""
+        prompts = shard[0]
+        names = [reward_name(s) for s in self.cfg.rl.rewards]
+        what = (
+            f"the rewards ({', '.join(names)}) did not return within {self.cfg.rl.reward.timeout_s:g} s "
+            f"(rl.reward.timeout_s) for {len(prompts)} samples, the first of prompt {prompts[0]!r}"
+        )
+        return {name: [float("nan")] * len(prompts) for name in names}, [(i, what) for i in range(len(prompts))]
 
     def _advantages(self, batch: RolloutBatch) -> torch.Tensor:
         assert batch.rewards is not None and batch.valid is not None
@@ -410,10 +442,10 @@ def _wait_alive(actor: Any, name: str, timeout_s: float = 300.0) -> None:
             ray.get(actor.where.remote(), timeout=30)
             return
         except ActorDiedError:
-            raise RuntimeError(f"{name} died and Ray will not restart it again") from None
+            raise RlRunError(f"{name} died and Ray will not restart it again") from None
         except (RayActorError, GetTimeoutError):
             time.sleep(0.5)
-    raise RuntimeError(f"{name} did not come back within {timeout_s:g} s after it died")
+    raise RlRunError(f"{name} did not come back within {timeout_s:g} s after it died")
 
 
 def _split_even(batch: RolloutBatch, parts: int) -> list[RolloutBatch]:

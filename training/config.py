@@ -238,6 +238,9 @@ class RoleConfig:
     cpus: float = 1.0
     gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
+    # The longest one call may take (a batch's generation, scoring or log-probs); past it the actor is
+    # restarted and the step fails naming it (a reward: skipped instead under rl.on_bad_reward: skip).
+    timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -262,13 +265,14 @@ class RlConfig:
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     # Overlap the next rollout with this update (one step off-policy, importance-ratio corrected).
     async_rollout: bool = False
-    # A reward that returns a non-number or NaN: fail the run, or skip that sample (it gets no gradient).
+    # A reward that returns a non-number or NaN, or does not return within rl.reward.timeout_s: fail the
+    # run, or skip those samples (they get no gradient).
     on_bad_reward: Literal["fail", "skip"] = "fail"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     rewards: list[RewardSpec] = field(default_factory=list)
     rollout: RoleConfig = field(default_factory=RoleConfig)
     # Rule rewards are cheap: a quarter CPU; give a reward model more (or a GPU).
-    reward: RoleConfig = field(default_factory=lambda: RoleConfig(cpus=0.25))
+    reward: RoleConfig = field(default_factory=lambda: RoleConfig(cpus=0.25, timeout_s=300.0))
     reference: RoleConfig = field(default_factory=RoleConfig)
     # Placement of the policy (update) group: custom resources per worker; counts come from `scaling`.
     policy_resources: dict[str, float] = field(default_factory=dict)
@@ -483,9 +487,14 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     values = {}
-    for name in names:
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}")
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            values[f.name] = _coerce(hints[f.name], raw[f.name], f"{prefix}{f.name}")
+            if _is_dataclass(hints[f.name]) and f.default_factory is not dataclasses.MISSING:
+                # A section given in part keeps the field's own defaults for the rest: `rl.reward:
+                # {num_workers: 2}` is still the cheap quarter-CPU reward role, not a RoleConfig().
+                given = {k: getattr(values[f.name], k) for k in raw[f.name]}
+                values[f.name] = dataclasses.replace(f.default_factory(), **given)
     return cls(**values)
 
 
@@ -650,6 +659,7 @@ def _check_rl(cfg: HoneConfig) -> None:
     for role in ("rollout", "reward", "reference"):
         _positive(cfg, f"rl.{role}.num_workers")
         _non_negative(cfg, f"rl.{role}.cpus", f"rl.{role}.gpus")
+        _positive(cfg, f"rl.{role}.timeout_s")
     _require(len(rl.rewards) > 0, "rl.rewards", [], "list at least one reward, e.g. [{type: exact_match, field: answer}]")
     for i, spec in enumerate(rl.rewards):
         _check_reward(spec, f"rl.rewards[{i}]")

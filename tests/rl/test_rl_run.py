@@ -160,3 +160,22 @@ def test_roles_that_do_not_fit_fail_at_once_and_write_nothing(assets, prompts, t
         run(cfg)
     assert time.monotonic() - started < 30
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reward_that_never_returns_fails_or_is_skipped_within_its_timeout(assets, prompts, tmp_path, local_ray):
+    # Hangs on training batches (64 samples) only, so the base evaluation (24 prompts) still scores.
+    _write_reward_module(
+        tmp_path,
+        "import time\ndef stuck(prompts, completions, **f):\n    if len(completions) > 24:\n        time.sleep(3600)\n"
+        "    return [1.0] * len(completions)\n",
+        "stuck_rewards",
+    )
+    spec = f"rl.rewards=[{{type: function, function: 'stuck_rewards:stuck', path: '{tmp_path}'}}]"
+    common = [spec, "train.max_steps=1", "rl.reward.timeout_s=5"]
+    started = time.monotonic()
+    with pytest.raises(RewardError, match=r"the rewards \(stuck\) did not return within 5 s \(rl.reward.timeout_s\) for 64 samples"):
+        run(load_config(None, rl_overrides(assets, prompts, tmp_path / "run", *common)))
+    assert time.monotonic() - started < 120
+
+    run(load_config(None, rl_overrides(assets, prompts, tmp_path / "skip", *common, "rl.on_bad_reward=skip")))
+    assert [r["skipped_samples"] for r in read_jsonl(tmp_path / "skip" / "metrics.jsonl")] == [64]
