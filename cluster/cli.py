@@ -19,6 +19,7 @@ import sys
 from hone.cluster.jobs import add_jobs_parser
 from hone.cluster.k8s import add_k8s_parser, k8s_command
 from hone.cluster.pipeline import Pipeline, load_any
+from hone.cluster.stop import RunInterrupted, graceful_stop
 from hone.cluster.submit import add_submit_parser
 from hone.training.config import HoneConfig, to_yaml
 from hone.training.errors import HoneError
@@ -35,7 +36,14 @@ STATES = {
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _command(args)
+        with graceful_stop():
+            return _command(args)
+    except RunInterrupted as err:
+        print(f"hone: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("hone: stopped at once; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     except HoneError as err:
         print(f"hone: error: {err}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hone.cluster.stop import reinstall
 from hone.training.config import ScalingConfig
 from hone.training.errors import HoneError
 
@@ -55,6 +56,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         return
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        reinstall()
     else:
         temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=_ray_tmp())
         # Ray starts workers at niceness 15, so on a small machine its own background processes take CPU
@@ -65,6 +67,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
         ray.init(address="local", _temp_dir=temp_dir, include_dashboard=True, logging_level=logging.WARNING)
         _private_files(Path(temp_dir))
+        reinstall()
     try:
         yield
     finally:

@@ -20,6 +20,14 @@ class RunLog:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.workers: dict[int, dict[str, Any]] = {}
+        self.stop = False
+
+    def request_stop(self) -> None:
+        """The driver was asked to stop (SIGTERM, Ctrl-C): rank 0 reads this between steps."""
+        self.stop = True
+
+    def stop_requested(self) -> bool:
+        return self.stop
 
     def record(self, metrics: dict[str, Any]) -> None:
         self.records.append(metrics)
@@ -59,19 +67,38 @@ class MetricsFile:
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.lines))
 
 
-def follow(log: Any, metrics: MetricsFile, total_steps: int, done: threading.Event, on_record: Callable[[dict], None]) -> None:
+def follow(
+    log: Any,
+    metrics: MetricsFile,
+    total_steps: int,
+    done: threading.Event,
+    on_record: Callable[[dict], None],
+    errors: list[BaseException],
+) -> None:
     """Drain the actor into metrics.jsonl, `on_record` (W&B) and a tqdm bar (step/total, loss, tokens/s,
-    ETA) until `done`."""
+    ETA) until `done`. A failure to write (a full disk, a W&B error) is put in `errors` and the run is
+    asked to stop, so it ends with that error and a checkpoint instead of training on unlogged."""
     from tqdm import tqdm
 
     start = metrics.lines[-1]["step"] if metrics.lines else 0
     with tqdm(total=total_steps, initial=start, desc="training", unit="step", dynamic_ncols=True) as bar:
         while True:
             finished = done.is_set()
-            for record in ray.get(log.take.remote()):
-                record["time"] = time.time()
-                metrics.add(record)
-                on_record(record)
+            try:
+                records = ray.get(log.take.remote())
+                for record in records:
+                    record["time"] = time.time()
+                    metrics.add(record)
+                    on_record(record)
+            except Exception as err:
+                if not errors:
+                    errors.append(err)
+                    log.request_stop.remote()
+                if finished:
+                    return
+                done.wait(0.5)
+                continue
+            for record in records:
                 bar.n = record["step"]
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 bar.refresh()

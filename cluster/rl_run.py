@@ -18,6 +18,7 @@ from hone.cluster.connect import ray_session
 from hone.cluster.hooks import NO_HOOKS, RunHooks
 from hone.cluster.progress import MetricsFile
 from hone.cluster.rundir import claim, finish_run, finished_run, inspect
+from hone.cluster.stop import interrupted, stop_requested
 from hone.cluster.tracking import Tracker
 from hone.rl.controller import Controller, reserve_roles
 from hone.rl.prepare import prepare_rl
@@ -43,11 +44,13 @@ def run_rl(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOO
             )
             tracker = Tracker(cfg, run_dir)
             with _Progress(run_dir, prepared.total_steps, tracker, hooks.on_rl_step) as progress:
-                controller = Controller(cfg, prepared, run_dir, roles, progress.record)
+                controller = Controller(cfg, prepared, run_dir, roles, progress.record, stop_requested)
                 controller.start()
                 result = controller.run(_eval_before(run_dir, controller, len(prepared.eval_prompts)))
         finally:
             roles.stop()
+    if "stopped_at" in result:
+        raise interrupted(result["stopped_at"])
     summary = _summary(cfg, prepared.summary(), run_dir, result, progress.metrics, time.time() - started)
     finish_run(run_dir, summary)
     tracker.finish(summary)

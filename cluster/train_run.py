@@ -26,8 +26,10 @@ from hone.cluster.rundir import (
     local_checkpoints,
     remove_orphan_checkpoints,
 )
+from hone.cluster.stop import STOP, interrupted
 from hone.cluster.tracking import Tracker
 from hone.training.config import HoneConfig
+from hone.training.errors import HoneError
 from hone.training.files import read_json, write_json
 from hone.training.prepare import Prepared, attach_reference, prepare
 
@@ -144,14 +146,53 @@ def _train(
     )
     metrics = MetricsFile(run_dir / "metrics.jsonl")
     done = threading.Event()
-    follower = threading.Thread(target=follow, args=(log, metrics, prepared.total_steps, done, tracker.log), daemon=True)
+    log_errors: list[BaseException] = []
+    follower = threading.Thread(
+        target=follow, args=(log, metrics, prepared.total_steps, done, tracker.log, log_errors), daemon=True
+    )
     follower.start()
     try:
-        trainer.fit()
+        _fit_until_done(trainer, log)
     finally:
         done.set()
         follower.join()
+    if log_errors:
+        err = log_errors[0]
+        raise RunLogError(
+            f"writing metrics.jsonl / W&B failed ({type(err).__name__}: {err}); training stopped at its next step "
+            "with a checkpoint. Fix the cause (a full disk?) and rerun the same command to resume"
+        ) from err
+    if STOP.is_set():
+        raise interrupted(metrics.lines[-1]["step"] if metrics.lines else 0)
     return ray.get(log.worker_info.remote()), metrics
+
+
+class RunLogError(HoneError, RuntimeError):
+    """The run's metrics could not be written."""
+
+
+def _fit_until_done(trainer: Any, log: Any) -> None:
+    """trainer.fit() in a thread of its own: in the main thread Ray Train would put in its own Ctrl-C
+    handler (abort, no checkpoint) in place of hone's (checkpoint at the next step, then stop). A stop
+    request reaches the workers through the run log."""
+    outcome: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # re-raised in the driver's thread
+            outcome.append(err)
+
+    fitter = threading.Thread(target=fit, name="hone-fit", daemon=True)
+    fitter.start()
+    asked = False
+    while fitter.is_alive():
+        fitter.join(0.5)
+        if STOP.is_set() and not asked:
+            log.request_stop.remote()
+            asked = True
+    if outcome:
+        raise outcome[0]
 
 
 def _summary(

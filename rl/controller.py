@@ -35,6 +35,7 @@ from hone.rl.rewards import RewardError, reward_name
 from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
 from hone.training.config import HoneConfig
 from hone.training.errors import HoneError
+from hone.training.files import write_json, write_text
 
 COMMITTED = "COMMITTED"
 # Ray restarts a crashed rollout/reward/reference actor this many times before the run gives up.
@@ -93,9 +94,17 @@ def reserve_roles(cfg: HoneConfig) -> Roles:
 
 class Controller:
     def __init__(
-        self, cfg: HoneConfig, prepared: PreparedRl, run_dir: Path, roles: Roles, log: Callable[[dict[str, Any]], None]
+        self,
+        cfg: HoneConfig,
+        prepared: PreparedRl,
+        run_dir: Path,
+        roles: Roles,
+        log: Callable[[dict[str, Any]], None],
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg, self.prepared, self.run_dir, self.roles, self.log = cfg, prepared, run_dir, roles, log
+        self.should_stop = should_stop  # asked between steps; True: checkpoint, then stop (SIGTERM, Ctrl-C)
+        self.stopped_at: int | None = None
         self.version = 0  # version 0: the base weights every actor starts with
         self.weights: list[Any] = []
         self.restarts = {"rollout": 0, "reward": 0, "reference": 0, "policy": 0}
@@ -109,8 +118,11 @@ class Controller:
         self._start_policy()
 
     def run(self, before: dict[str, float]) -> dict[str, Any]:
-        """Train (resuming from the last checkpoint), evaluate, export; `before` is the base policy's evaluation."""
+        """Train (resuming from the last checkpoint), evaluate, export; `before` is the base policy's evaluation.
+        A run asked to stop returns {"stopped_at": step} once that step's checkpoint is saved."""
         self._train_with_recovery()
+        if self.stopped_at is not None:
+            return {"stopped_at": self.stopped_at}
         print("hone: evaluating the trained policy ...", flush=True)
         after = self.evaluate()
         self.roles.policy.call_all("export", str(self.run_dir))
@@ -133,6 +145,7 @@ class Controller:
 
     def _train(self, step: int) -> None:
         total, asynchronous = self.prepared.total_steps, self.cfg.rl.async_rollout
+        self.last_save = time.monotonic()
         pending = self._launch_rollout(step) if step < total else []
         while step < total:
             started = time.perf_counter()
@@ -151,8 +164,15 @@ class Controller:
             seconds = time.perf_counter() - started
             timings = {"rollout": rollout_s, "score": score_s, "reference": ref_s, "sync": sync_s, "step": seconds}
             self.log(self._metrics(step, batch, parts, stats, timings))
-            if step == total or (self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0):
+            every, minutes = self.cfg.checkpoint.every_steps, self.cfg.checkpoint.every_minutes
+            due = bool(minutes) and time.monotonic() - self.last_save >= minutes * 60
+            stop = self.should_stop()
+            if step == total or (every and step % every == 0) or due or stop:
                 self._save(step)
+                self.last_save = time.monotonic()
+            if stop:
+                self.stopped_at = step
+                return
 
     # ------------------------------------------------------------------------------------------------
     # Roles
@@ -391,8 +411,8 @@ class Controller:
         folder = checkpoint_path(self.run_dir, step)
         shutil.rmtree(folder, ignore_errors=True)
         self._policy_get([a.save.remote(str(folder)) for a in self.roles.policy.actors])
-        (folder / "controller.json").write_text(json.dumps({"step": step}))
-        (folder / COMMITTED).write_text("")  # after every rank finished writing
+        write_json(folder / "controller.json", {"step": step})
+        write_text(folder / COMMITTED, "")  # after every rank finished writing
         for old in committed_checkpoints(self.run_dir)[: -self.cfg.checkpoint.keep]:
             shutil.rmtree(old)
 

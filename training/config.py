@@ -170,8 +170,12 @@ class ScalingConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    # 0 means only the end of training.
+    # 0 means only the end of training (and every_minutes).
     every_steps: int = 0
+    # Also a checkpoint once this many minutes of training passed since the last one (0: off), so a
+    # preemption or a crash costs at most that much. A SIGTERM, Ctrl-C or Ray's preemption notice saves one
+    # at the next step as well.
+    every_minutes: float = 30.0
     keep: int = 2
 
 
@@ -580,6 +584,7 @@ def check(cfg: HoneConfig) -> None:
     _positive(cfg, "optim.lr", "lora.rank", "lora.alpha", "checkpoint.keep", "scaling.placement_timeout_s")
     _non_negative(cfg, "train.max_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip")
     _non_negative(cfg, "checkpoint.every_steps", "eval.every_steps", "eval.max_samples", "scaling.max_failures")
+    _non_negative(cfg, "checkpoint.every_minutes")
     _non_negative(cfg, "deepspeed.param_persistence_threshold")
     z = cfg.deepspeed.zero_stage
     _require(z in (0, 1, 2, 3), "deepspeed.zero_stage", z, "use 0, 1, 2 or 3")

@@ -71,11 +71,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
     total = plan.total_steps
     batcher = _Batcher(cfg, plan.kind, tokenizer, train_examples, rank, world)
+    clock = _CheckpointClock(cfg, logger, rank)
     while step < total:
         started, lr = time.perf_counter(), engine.get_lr()[0]  # the LR this step trains with
         loss_sum, num_loss_tokens, num_tokens, num_real = _train_step(engine, batcher, step, plan.kind)
         step += 1
-        stats = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real)
+        # Rank 0's clock rides on the step's all-reduce, so every rank takes the same decisions.
+        *stats, due, stop, poll = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real, *clock.flags())
+        # Ray's notice that a node of this run is being reclaimed (a barrier: every rank asks together).
+        preempted = bool(poll) and ray.train.get_preemption_info() is not None
         seconds = time.perf_counter() - started
         metrics = {
             "step": step,
@@ -91,11 +95,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan.kind, tokenizer, rank, world)
         if rank == 0:
             logger.record.remote(metrics)
-        if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+        if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or due or stop or preempted:
             save_checkpoint(engine, step, rank, metrics)
+            clock.saved()
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
-    export_model(engine, cfg, plan.resolved_model, plan.kind, Path(plan.run_dir) / "model", tokenizer, rank)
+        if stop:  # the driver was asked to stop: the checkpoint above is where a rerun resumes
+            if rank == 0:
+                print(f"hone: stopped at step {step} as asked, after saving its checkpoint", flush=True)
+            break
+    else:
+        export_model(engine, cfg, plan.resolved_model, plan.kind, Path(plan.run_dir) / "model", tokenizer, rank)
     logger.worker.remote({**_worker_info(engine, cfg, rank), "peak_rss_mb": _peak_rss_mb()})
     engine.destroy()
     dist.barrier()
@@ -111,6 +121,36 @@ def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora, plan.kind)
     return initialize_engine(model, cfg, plan.total_steps), tokenizer
+
+
+class _CheckpointClock:
+    """Rank 0's view of when to checkpoint besides every_steps: every_minutes of training since the last
+    one, and the driver's stop request (read from the run log at most once a second); plus when to ask
+    Ray about preemption (a barrier, so at most every few seconds). Other ranks contribute zeros."""
+
+    POLL_S = 5.0
+
+    def __init__(self, cfg: HoneConfig, logger: Any, rank: int) -> None:
+        self.every_s, self.logger, self.rank = cfg.checkpoint.every_minutes * 60, logger, rank
+        self.last_save = self.last_stop_check = self.last_poll = time.monotonic()
+        self.stop = False
+
+    def flags(self) -> tuple[float, float, float]:
+        if self.rank != 0:
+            return 0.0, 0.0, 0.0
+        import ray
+
+        now = time.monotonic()
+        if not self.stop and now - self.last_stop_check >= 1.0:
+            self.stop, self.last_stop_check = bool(ray.get(self.logger.stop_requested.remote())), now
+        due = bool(self.every_s) and now - self.last_save >= self.every_s
+        poll = now - self.last_poll >= self.POLL_S
+        if poll:
+            self.last_poll = now
+        return float(due), float(self.stop), float(poll)
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
 
 
 class _Batcher:

@@ -173,7 +173,9 @@ def test_a_reward_that_never_returns_fails_or_is_skipped_within_its_timeout(asse
     spec = f"rl.rewards=[{{type: function, function: 'stuck_rewards:stuck', path: '{tmp_path}'}}]"
     common = [spec, "train.max_steps=1", "rl.reward.timeout_s=5"]
     started = time.monotonic()
-    with pytest.raises(RewardError, match=r"the rewards \(stuck\) did not return within 5 s \(rl.reward.timeout_s\) for 64 samples"):
+    with pytest.raises(
+        RewardError, match=r"the rewards \(stuck\) did not return within 5 s \(rl.reward.timeout_s\) for 64 samples"
+    ):
         run(load_config(None, rl_overrides(assets, prompts, tmp_path / "run", *common)))
     assert time.monotonic() - started < 120
 
