@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from hone.training.checkpoints import COMMITTED
 from hone.training.config import HoneConfig, PathKind, map_paths, to_dict, to_yaml
 from hone.training.errors import HoneError
 from hone.training.files import read_json, write_json, write_text
@@ -239,12 +240,9 @@ def _remove_checkpoints_elsewhere(run_dir: Path) -> None:
 
 
 def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list[str]:
-    """Delete checkpoint folders Ray Train never registered (a run killed while saving leaves one).
-
-    Ray Train resumes only from registered checkpoints, listed in its snapshot; anything else under
-    `folder` (default run_dir/checkpoints) is a partial write that would only waste disk and confuse a
-    reader.
-    """
+    """Delete checkpoint folders that are neither registered by Ray Train nor committed by hone: a run
+    killed while saving leaves one. A complete one (COMMITTED) that Ray had not registered yet is kept;
+    `newest_committed` finds it for the resume."""
     folder = folder or run_dir / "checkpoints"
     if not folder.is_dir():
         return []
@@ -254,12 +252,23 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
         state = read_json(snapshot)
         results = state.get("checkpoint_results", []) + [state.get("latest_checkpoint_result") or {}]
         registered = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
-    orphans = sorted(p.name for p in folder.glob("step_*") if p.is_dir() and p.name not in registered)
+    orphans = sorted(
+        p.name for p in folder.glob("step_*") if p.is_dir() and p.name not in registered and not (p / COMMITTED).exists()
+    )
     for name in orphans:
         shutil.rmtree(folder / name)
     if orphans:
         print(f"hone: removed unregistered (partial) checkpoints {', '.join(orphans)}", flush=True)
     return orphans
+
+
+def newest_committed(folder: Path | None) -> str | None:
+    """The newest complete checkpoint (COMMITTED) under `folder`; the worker loads it if it is newer than
+    the one Ray Train registered."""
+    if folder is None:
+        return None
+    done = sorted(p for p in folder.glob("step_*") if (p / COMMITTED).exists())
+    return str(done[-1]) if done else None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from hone.cluster.rundir import (
     finished_run,
     inspect,
     local_checkpoints,
+    newest_committed,
     remove_orphan_checkpoints,
 )
 from hone.cluster.stop import STOP, interrupted
@@ -44,17 +46,17 @@ def run_train(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
         check_placement(cfg.scaling)
         # Only now, with the workers known to fit, is the run dir written (or replaced).
         run_dir, state = claim(cfg)
-        if state == "resume":
-            folder = local_checkpoints(*checkpoint_location(cfg, run_dir))
-            if folder is not None:  # in object storage orphans are left; Ray Train ignores them anyway
-                remove_orphan_checkpoints(run_dir, folder)
+        folder = local_checkpoints(*checkpoint_location(cfg, run_dir))
+        if state == "resume" and folder is not None:  # in object storage orphans are left; Ray Train ignores them
+            remove_orphan_checkpoints(run_dir, folder)
+        shutil.rmtree(run_dir / ".staging", ignore_errors=True)  # shards a killed run was still staging
         what = "resuming" if state == "resume" else "new"
         print(f"hone: {cfg.mode} run in {run_dir} ({what}), {prepared.total_steps} steps of global batch {prepared.global_batch}")
         tracker = Tracker(cfg, run_dir)
         if cfg.mode == "dpo":
             _reference(cfg, prepared, run_dir)
         before = _eval_before(cfg, prepared, run_dir)
-        workers, metrics = _train(cfg, prepared, run_dir, tracker, hooks)
+        workers, metrics = _train(cfg, prepared, run_dir, tracker, hooks, folder)
         after = _evaluate(cfg, prepared, str(run_dir / "model"))
     summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
     finish_run(run_dir, summary)
@@ -104,7 +106,7 @@ def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str
 
 
 def _train(
-    cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, hooks: RunHooks
+    cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, hooks: RunHooks, stored_in: Path | None
 ) -> tuple[list[dict[str, Any]], MetricsFile]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -123,6 +125,8 @@ def _train(
         run_dir=str(run_dir),
         total_steps=prepared.total_steps,
         start_from=hooks.start_from,
+        stored_in=str(stored_in) if stored_in else None,
+        committed=newest_committed(stored_in),
     )
     storage, name = checkpoint_location(cfg, run_dir)
     s = cfg.scaling

@@ -16,13 +16,25 @@ from typing import Any
 
 TAG = "state"
 STATE_FILE = "hone_state.json"
+# Written by rank 0 into the stored checkpoint once every rank's report returned: the folder is complete.
+# Ray Train registers a checkpoint only on its controller's next poll (~2 s later), so a run stopped in
+# between leaves a complete folder Ray does not list; this marker, not Ray's list, says it may be kept.
+COMMITTED = ".hone-committed"
 
 
-def save_checkpoint(engine: Any, step: int, rank: int, metrics: dict[str, Any]) -> None:
+def save_checkpoint(
+    engine: Any, step: int, rank: int, metrics: dict[str, Any], run_dir: str, stored_in: str | None = None
+) -> None:
+    """Save and report this rank's shard. It is staged under the run dir (shared storage, not the pod's
+    ephemeral /tmp, which a big shard can fill until the kubelet evicts the pod); `stored_in` is the
+    checkpoint folder on a filesystem this worker sees, where the commit marker goes (None: a bucket)."""
     import ray.train
     import torch
+    import torch.distributed as dist
 
-    tmp = Path(tempfile.mkdtemp(prefix="hone-ckpt-"))
+    staging = Path(run_dir) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"rank{rank}-", dir=staging))
     try:
         engine.save_checkpoint(str(tmp), tag=TAG)
         # Dropout draws from torch's RNG: restoring it makes a resumed run match an uninterrupted one.
@@ -30,20 +42,43 @@ def save_checkpoint(engine: Any, step: int, rank: int, metrics: dict[str, Any]) 
         if rank == 0:
             (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
         checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:07d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()  # every rank's files are in the stored folder
+    if rank == 0 and stored_in:
+        marker = Path(stored_in) / checkpoint_name(step) / COMMITTED
+        if marker.parent.is_dir():
+            marker.write_text("")
 
 
-def load_checkpoint(engine: Any, checkpoint: Any, rank: int, start_from: str | None = None, cfg: Any = None) -> int:
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def saved_step(folder: Path) -> int:
+    return int(json.loads((folder / STATE_FILE).read_text())["step"])
+
+
+def load_checkpoint(
+    engine: Any, checkpoint: Any, rank: int, start_from: str | None = None, cfg: Any = None, committed: str | None = None
+) -> int:
     """Restore engine, LR schedule and RNG from Ray Train's last registered checkpoint; return its step.
 
-    With no registered checkpoint, `start_from` (a folder holding another run's checkpoint: under `hone
-    tune` with PBT, a copy of the trial this one clones) is loaded instead, and this run's optimizer
-    settings replace the ones saved in it."""
-    if checkpoint is None and start_from:
-        import ray.train
+    `committed` is a complete checkpoint of this run that Ray had not registered yet (COMMITTED); it is
+    loaded when it is newer. With no checkpoint at all, `start_from` (a folder holding another run's
+    checkpoint: under `hone tune` with PBT, a copy of the trial this one clones) is loaded instead, and
+    this run's optimizer settings replace the ones saved in it."""
+    import ray.train
 
+    if committed:
+        registered = -1
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                registered = saved_step(Path(folder))
+        if saved_step(Path(committed)) > registered:
+            checkpoint = ray.train.Checkpoint.from_directory(committed)
+    if checkpoint is None and start_from:
         step = load_checkpoint(engine, ray.train.Checkpoint.from_directory(start_from), rank)
         apply_optim_settings(engine, cfg)
         return step
@@ -53,13 +88,13 @@ def load_checkpoint(engine: Any, checkpoint: Any, rank: int, start_from: str | N
 
     with checkpoint.as_directory() as folder:
         path = Path(folder)
-        state = json.loads((path / STATE_FILE).read_text())
+        step = saved_step(path)
         engine.load_checkpoint(str(path), tag=TAG)
         rng = path / f"rng_rank{rank}.pt"
         if rng.exists():
             torch.set_rng_state(torch.load(rng))
-    print(f"hone: rank {rank} resumed from step {state['step']} ({path.name})", flush=True)
-    return int(state["step"])
+    print(f"hone: rank {rank} resumed from step {step} ({path.name})", flush=True)
+    return step
 
 
 def apply_optim_settings(engine: Any, cfg: Any) -> None:

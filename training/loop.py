@@ -41,6 +41,8 @@ class TrainPlan:
     run_dir: str
     total_steps: int
     start_from: str | None = None  # a checkpoint folder to start from when the run has none (PBT's clone)
+    stored_in: str | None = None  # the checkpoint folder, when on a filesystem: where commit markers go
+    committed: str | None = None  # a complete checkpoint Ray had not registered, newer than its last
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -66,7 +68,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logger = plan.logger
     logger.worker.remote(_worker_info(engine, cfg, rank))
 
-    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.start_from, cfg)
+    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.start_from, cfg, plan.committed)
     if rank == 0:
         print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
     total = plan.total_steps
@@ -96,7 +98,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             logger.record.remote(metrics)
         if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or due or stop or preempted:
-            save_checkpoint(engine, step, rank, metrics)
+            save_checkpoint(engine, step, rank, metrics, plan.run_dir, plan.stored_in)
             clock.saved()
         elif "eval_loss" in metrics:
             ray.train.report(metrics)

@@ -130,3 +130,17 @@ def test_torn_run_files_are_reported_not_raised_as_tracebacks(tmp_path, capsys):
     (out / "config.yaml").write_text("mode: sft\noptim: {lr: [")
     with pytest.raises(RunDirError, match="config.yaml is torn or not YAML"):
         inspect(cfg)
+
+
+def test_a_complete_checkpoint_ray_had_not_registered_is_kept_and_resumed_from(tmp_path):
+    from hone.cluster.rundir import newest_committed, remove_orphan_checkpoints
+    from hone.training.checkpoints import COMMITTED
+
+    folder = tmp_path / "checkpoints"
+    for step in (50, 100, 150):
+        (folder / f"step_{step:07d}").mkdir(parents=True)
+    (folder / "step_0000100" / COMMITTED).write_text("")  # complete, stopped before Ray's next poll
+    write_json(folder / "checkpoint_manager_snapshot.json", {"latest_checkpoint_result": {"checkpoint_dir_name": "step_0000050"}})
+    assert remove_orphan_checkpoints(tmp_path, folder) == ["step_0000150"]  # only the half-written one
+    assert sorted(p.name for p in folder.glob("step_*")) == ["step_0000050", "step_0000100"]
+    assert newest_committed(folder) == str(folder / "step_0000100")
