@@ -21,7 +21,7 @@ from typing import Any
 
 from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
-from hone.cluster.rundir import run_dir_lock
+from hone.cluster.rundir import inspect, run_dir_lock
 from hone.training.config import (
     ConfigError,
     HoneConfig,
@@ -34,7 +34,7 @@ from hone.training.config import (
     read_yaml,
     resolve_paths,
 )
-from hone.training.files import read_json, write_json
+from hone.training.files import fingerprint, read_json, write_json
 
 PREVIOUS = "previous"
 
@@ -194,8 +194,14 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
         out.mkdir(parents=True, exist_ok=True)
         if answer_eval and questions:
             answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
+        upstream_trained = False
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
             print(f"\nhone: pipeline stage {index + 1}/{len(stages)}: {stage.name} ({cfg.mode}) -> {cfg.output_dir}", flush=True)
+            if upstream_trained and stage.config.model.source == PREVIOUS:
+                # The model it starts from was just trained again: its own run (same config, another
+                # input) is replaced, not shown as finished.
+                cfg = replace(cfg, overwrite=True)
+            upstream_trained = inspect(cfg)[1] != "finished"
             summary = run(cfg, address)
             results.append(
                 {"name": stage.name, "mode": cfg.mode, "run_dir": str(Path(cfg.output_dir).resolve())} | {"eval": summary["eval"]}
@@ -237,16 +243,18 @@ def _answers(
 
     cache = out / "answers.json"
     done = read_json(cache) or {}
-    if name in done:
-        return done[name]
+    model = model_dir or resolve_source(cfg.model.source)
+    # Keyed by what the model is now, not by the stage's name: a retrained stage is asked again.
+    key = fingerprint(Path(model)) if Path(model).exists() else model
+    if isinstance(done.get(name), dict) and done[name].get("model") == key:
+        return done[name]["scores"]
     settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
     eval_cfg = replace(cfg, mode="sft", eval=settings)
     print(f"hone: pipeline: {name}: answering {len(questions[1])} held-out questions ...", flush=True)
     task = worker_task(answer_metrics, cfg.scaling)
-    model = model_dir or resolve_source(cfg.model.source)
-    done[name] = ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))
+    done[name] = {"model": key, "scores": ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))}
     write_json(cache, done, indent=2)
-    return done[name]
+    return done[name]["scores"]
 
 
 def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]], answers: dict[str, dict[str, float]]) -> None:

@@ -26,7 +26,7 @@ import yaml
 from hone.training.checkpoints import COMMITTED
 from hone.training.config import HoneConfig, PathKind, map_paths, to_dict, to_yaml
 from hone.training.errors import HoneError
-from hone.training.files import read_json, write_json, write_text
+from hone.training.files import fingerprint, read_json, write_json, write_text
 
 # Settings that may change between a run and its resume without making it a different run.
 RESUMABLE_CHANGES = {"overwrite", "scaling.placement_timeout_s", "scaling.max_failures"}
@@ -85,6 +85,8 @@ def claim(cfg: HoneConfig) -> tuple[Path, str]:
     out, state = inspect(cfg)
     if state in ("resume", "finished"):
         _mark(out)  # a run dir from before the marker existed becomes one hone may replace later
+        if not (out / INPUTS).exists():
+            write_json(out / INPUTS, input_fingerprints(cfg))
         return out, state
     if state == "replace":
         _remove_checkpoints_elsewhere(out)
@@ -93,6 +95,7 @@ def claim(cfg: HoneConfig) -> tuple[Path, str]:
     out.mkdir(parents=True, exist_ok=True)
     _mark(out)
     write_text(out / "config.yaml", to_yaml(cfg))
+    write_json(out / INPUTS, input_fingerprints(cfg))
     return out, "new"
 
 
@@ -101,11 +104,31 @@ def _mark(out: Path) -> None:
         write_json(out / MARKER, {"run_id": uuid.uuid4().hex, "created": time.time()})
 
 
+INPUTS = "inputs.json"  # the fingerprint of every local input when the run started (training/files.py)
+
+
+def input_fingerprints(cfg: HoneConfig) -> dict[str, str]:
+    return {key: fingerprint(Path(value).expanduser()) for key, value in _input_paths(cfg)}
+
+
+def _input_changes(cfg: HoneConfig, out: Path) -> list[str]:
+    """Inputs (data, model, reward code) that changed since the run started: a data file edited in
+    place, or a model export an upstream stage wrote again. A run dir from before this record: none."""
+    saved = read_json(out / INPUTS)
+    if saved is None:
+        return []
+    now, paths = input_fingerprints(cfg), dict(_input_paths(cfg))
+    changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
+    return [f"{key}: {paths.get(key, 'a file')} changed since the run started" for key in changed]
+
+
 def _existing_state(cfg: HoneConfig, out: Path) -> str:
     """resume/finished for the same run (overwrite or not); replace for a different one that overwrite
     allows and that hone may delete; else an error that changes nothing."""
     marked = (out / MARKER).exists()
     diffs = _saved_differences(cfg, out / "config.yaml", marked)
+    if diffs == []:
+        diffs = _input_changes(cfg, out)
     if diffs == []:  # also a run from before the marker existed: it resumes, and is marked then
         return "finished" if (out / "summary.json").exists() else "resume"
     if not marked:

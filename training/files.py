@@ -7,6 +7,7 @@ summary.json, which then blocked resuming and showing the run alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -72,3 +73,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 break
             raise TornFileError(f"{path}: line {number} of {len(lines)} is not JSON; fix or delete that line") from None
     return records
+
+
+def fingerprint(path: Path) -> str:
+    """What a local input is now: each file's relative path, size and modification time (a folder: every
+    file in it). An edit in place, or a retrained model export (written anew and renamed), changes it.
+    Contents are not hashed: a corpus of many GB would cost minutes on every start."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    parts = [f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

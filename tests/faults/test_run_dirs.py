@@ -144,3 +144,19 @@ def test_a_complete_checkpoint_ray_had_not_registered_is_kept_and_resumed_from(t
     assert remove_orphan_checkpoints(tmp_path, folder) == ["step_0000150"]  # only the half-written one
     assert sorted(p.name for p in folder.glob("step_*")) == ["step_0000050", "step_0000100"]
     assert newest_committed(folder) == str(folder / "step_0000100")
+
+
+def test_a_data_file_edited_under_a_run_is_refused_by_name_and_overwrite_reruns_it(tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(tmp_path, out)
+    assert claim(cfg) == (out, "new")
+    assert claim(cfg) == (out, "resume")
+    data = tmp_path / "inputs" / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "edited"}\n')
+    with pytest.raises(RunDirError, match=rf"data.train\[0\]: {data} changed since the run started"):
+        claim(cfg)
+    (out / "summary.json").write_text("{}")  # a finished run is not shown as if its data were the same either
+    with pytest.raises(RunDirError, match="changed since the run started"):
+        inspect(cfg)
+    assert claim(_cfg(tmp_path, out, "overwrite=true")) == (out, "new")  # the edited data trains afresh
+    assert claim(cfg) == (out, "resume")
