@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,24 +55,49 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=_ray_tmp())
+            # Ray starts workers at niceness 15, so on a small machine its own background processes take CPU
+            # from training; in a cluster that exists only for this run, training comes first (~13% faster
+            # steps measured on 2 cores). Ray Train's print patch would also echo every worker line twice.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+            # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
+            port = stack.enter_context(own_state_api())
+            ray.init(
+                address="local", _temp_dir=temp_dir, include_dashboard=True, dashboard_port=port, logging_level=logging.WARNING
+            )
+            _private_files(Path(temp_dir))
         reinstall()
-    else:
-        temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=_ray_tmp())
-        # Ray starts workers at niceness 15, so on a small machine its own background processes take CPU
-        # from training; in a cluster that exists only for this run, training comes first (~13% faster
-        # steps measured on 2 cores). Ray Train's print patch would also echo every worker line twice.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
-        ray.init(address="local", _temp_dir=temp_dir, include_dashboard=True, logging_level=logging.WARNING)
-        _private_files(Path(temp_dir))
-        reinstall()
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def own_state_api() -> Iterator[int]:
+    """A free dashboard port, and Ray's state API pinned to it for every process started meanwhile.
+
+    Ray Train's placement-group cleaner asks the state API whether its controller lives. Left to find
+    "the" cluster itself (RAY_ADDRESS, the newest session under /tmp/ray), it asks another run's cluster
+    on the same machine, is told the controller is gone, and removes its own run's placement group.
+    Every process of a local cluster inherits the driver's environment, so pinning it here pins it there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     try:
-        yield
+        yield port
     finally:
-        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
 def _private_files(temp_dir: Path) -> None:

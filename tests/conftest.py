@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hone.cluster.connect import own_state_api
 from tests.tiny import copy_rows, make_causal_model, make_masked_model, text_rows, write_jsonl
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -49,6 +50,9 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
     temp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=4, include_dashboard=True, _temp_dir=str(temp), logging_level="WARNING")
-    yield
-    ray.shutdown()
+    with own_state_api() as port:  # its state API, not another cluster's on this machine
+        ray.init(
+            address="local", num_cpus=4, include_dashboard=True, dashboard_port=port, _temp_dir=str(temp), logging_level="WARNING"
+        )
+        yield
+        ray.shutdown()

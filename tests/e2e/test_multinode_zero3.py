@@ -3,6 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
+from hone.cluster.connect import own_state_api
 from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.conftest import sft_overrides
@@ -15,13 +16,14 @@ def two_node_cluster(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with own_state_api() as port:  # its state API, not another cluster's on this machine
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": port})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_zero3_across_two_nodes(assets, tmp_path, two_node_cluster):

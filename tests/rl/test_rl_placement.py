@@ -2,6 +2,7 @@
 
 import pytest
 
+from hone.cluster.connect import own_state_api
 from hone.cluster.run import run
 from hone.training.config import load_config
 from tests.rl.conftest import rl_overrides
@@ -11,25 +12,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def two_node_cluster():
-    import socket
 
     import ray
     from ray.cluster_utils import Cluster
 
-    with socket.socket() as s:  # a free dashboard port: another Ray on the machine may hold 8265
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # Custom resources are how a role is pinned: the head offers `rollout_node`, the second node `policy_node`.
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"rollout_node": 1}, "include_dashboard": True, "dashboard_port": port},
-    )
-    cluster.add_node(num_cpus=2, resources={"policy_node": 2})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    cluster.shutdown()
+    with own_state_api() as port:  # a free dashboard port (another Ray may hold 8265), and its state API
+        # Custom resources are how a role is pinned: the head offers `rollout_node`, the second node `policy_node`.
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "resources": {"rollout_node": 1}, "include_dashboard": True, "dashboard_port": port},
+        )
+        cluster.add_node(num_cpus=2, resources={"policy_node": 2})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        yield
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_roles_land_on_the_nodes_the_config_names(assets, prompts, tmp_path, two_node_cluster):
