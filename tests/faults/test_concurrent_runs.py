@@ -38,3 +38,27 @@ def test_two_embedded_runs_at_once_both_finish_untouched(assets, tmp_path):
         assert "Cleaning up placement group" not in output, f"run {name} lost its placement group"
     for out in runs.values():
         assert [r["step"] for r in read_jsonl(out / "run" / "metrics.jsonl")] == list(range(1, 61))
+
+
+def test_a_run_ignores_the_cluster_ray_address_names(assets, tmp_path):
+    """RAY_ADDRESS exported for `hone jobs` (a tunnel to a cluster's dashboard) must not lead the local
+    run's Ray processes to that cluster: there its controller is unknown, so it would count as dead."""
+    import ray
+
+    from hone.cluster.connect import own_state_api
+
+    with own_state_api() as port:  # the other cluster, with a dashboard of its own
+        ray.init(address="local", num_cpus=1, include_dashboard=True, dashboard_port=port, logging_level="WARNING")
+    try:
+        out = tmp_path / "a"
+        args = sft_overrides(assets, out / "run", "train.max_steps=60", "eval.max_samples=4", "scaling.max_failures=0")
+        os.environ["RAY_ADDRESS"] = f"http://127.0.0.1:{port}"
+        try:
+            proc = _start(args, out)
+        finally:
+            del os.environ["RAY_ADDRESS"]
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output[-3000:]
+        assert "Cleaning up placement group" not in output
+    finally:
+        ray.shutdown()
