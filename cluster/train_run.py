@@ -110,7 +110,7 @@ def _train(
 ) -> tuple[list[dict[str, Any]], MetricsFile]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from hone.training.loop import TrainPlan, train_worker
 
@@ -133,6 +133,7 @@ def _train(
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"plan": plan},
+        torch_config=TorchConfig(timeout_s=int(s.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
@@ -143,7 +144,14 @@ def _train(
             # run_dir/checkpoints, or this run's own folder under scaling.storage_path (shared storage)
             storage_path=storage,
             name=name,
-            failure_config=FailureConfig(max_failures=s.max_failures),
+            # Ray's defaults retry a worker group that can no longer be placed (a node gone, no autoscaler)
+            # and preemptions forever; both are bounded, so such a run ends with an error instead.
+            # (mypy reads ray.train's V1 FailureConfig; under Train V2, Ray 2.60's default, it is V2's)
+            failure_config=FailureConfig(  # type: ignore[call-arg]
+                max_failures=s.max_failures,
+                controller_failure_limit=s.max_failures + 1,
+                max_preemption_failures=MAX_PREEMPTIONS,
+            ),
             callbacks=list(hooks.train_callbacks),  # in a `hone tune` trial: live metrics for the scheduler
             checkpoint_config=CheckpointConfig(num_to_keep=None if hooks.keep_all_checkpoints else cfg.checkpoint.keep),
         ),
@@ -169,6 +177,9 @@ def _train(
     if STOP.is_set():
         raise interrupted(metrics.lines[-1]["step"] if metrics.lines else 0)
     return ray.get(log.worker_info.remote()), metrics
+
+
+MAX_PREEMPTIONS = 20  # node reclaims a run survives (each resumes from its preemption checkpoint)
 
 
 class RunLogError(HoneError, RuntimeError):

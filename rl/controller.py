@@ -196,7 +196,13 @@ class Controller:
         group, world = self.roles.policy, self.roles.policy.num_actors
         args = [(self.cfg, self.prepared.resolved_model, rank, world, self.prepared.total_steps) for rank in range(world)]
         group.start(PolicyWorker, args, max_restarts=0, env=_env(self.cfg))
-        master = ray.get(group.actors[0].address.remote())
+        try:  # a policy bundle whose node is gone cannot be placed again: do not wait for it forever
+            master = ray.get(group.actors[0].address.remote(), timeout=self.cfg.scaling.placement_timeout_s + 60)
+        except GetTimeoutError:
+            raise RlRunError(
+                f"the policy group did not start within {self.cfg.scaling.placement_timeout_s + 60:g} s; the cluster may "
+                "have lost the node it needs (ray status shows what is left)"
+            ) from None
         self._policy_get([a.setup.remote(master) for a in group.actors])
 
     def _policy_get(self, refs: list[Any]) -> list[Any]:
@@ -209,6 +215,10 @@ class Controller:
                 done[ready[0]] = ray.get(ready[0])
             except RayActorError as err:
                 raise PolicyDied(f"a policy worker died ({type(err).__name__})") from None
+            except RayTaskError as err:  # a collective that timed out: rebuild from the checkpoint like a death
+                if isinstance(err.cause, torch.distributed.DistError):
+                    raise PolicyDied(f"a policy worker's collective failed ({type(err.cause).__name__})") from None
+                raise
         return [done[r] for r in refs]
 
     def _collect(

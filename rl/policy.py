@@ -8,6 +8,7 @@ Methods that touch sharded weights (weights, save, export) are collective: call 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import socket
 import time
@@ -57,7 +58,10 @@ class PolicyWorker(Located):
             | {"WORLD_SIZE": str(self.world), "LOCAL_RANK": "0"}
         )
         backend = "nccl" if self.cfg.scaling.use_gpu and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world)
+        timeout = datetime.timedelta(seconds=self.cfg.scaling.collective_timeout_s)  # a hung rank fails the step
+        dist.init_process_group(
+            backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world, timeout=timeout
+        )
         self.engine, self.tokenizer = self._build_engine()
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 

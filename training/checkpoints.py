@@ -92,7 +92,7 @@ def load_checkpoint(
         engine.load_checkpoint(str(path), tag=TAG)
         rng = path / f"rng_rank{rank}.pt"
         if rng.exists():
-            torch.set_rng_state(torch.load(rng))
+            torch.set_rng_state(torch.load(rng, weights_only=True))  # plain tensors: never unpickle code
     print(f"hone: rank {rank} resumed from step {step} ({path.name})", flush=True)
     return step
 

@@ -163,6 +163,9 @@ class ScalingConfig:
     placement_timeout_s: float = 60.0
     # Worker-group restarts Ray Train may make after a worker dies; each resumes from the last checkpoint.
     max_failures: int = 2
+    # The longest a collective (all-reduce, barrier) may wait for the other ranks before failing; a hung
+    # rank then restarts the group from the last checkpoint instead of stalling it for good.
+    collective_timeout_s: float = 1800.0
     # Where Ray Train keeps checkpoints: empty means output_dir/checkpoints. On a multi-node cluster it
     # must be storage every node reaches: an absolute path on a shared filesystem, or s3:// / gs:// URI.
     storage_path: str = path_field("storage")
@@ -586,6 +589,7 @@ def check(cfg: HoneConfig) -> None:
     _non_negative(cfg, "checkpoint.every_steps", "eval.every_steps", "eval.max_samples", "scaling.max_failures")
     _non_negative(cfg, "checkpoint.every_minutes")
     _non_negative(cfg, "deepspeed.param_persistence_threshold")
+    _positive(cfg, "scaling.collective_timeout_s")
     z = cfg.deepspeed.zero_stage
     _require(z in (0, 1, 2, 3), "deepspeed.zero_stage", z, "use 0, 1, 2 or 3")
     _require(
