@@ -71,7 +71,9 @@ def _command(args: argparse.Namespace) -> int:
         tune_run(cfg, address=args.address)
         return 0
     if args.command in ("validate", "submit"):
-        validate(cfg)  # `hone submit` checks exactly what `hone validate` does, before anything is packed or sent
+        # `hone submit` checks what `hone validate` does, before anything is packed or sent, except the
+        # output_dir: that names a folder on the cluster, which the job checks there.
+        validate(cfg, check_output_dir=args.command == "validate")
         if args.command == "submit":
             from hone.cluster.submit import submit_config
 
@@ -107,12 +109,12 @@ def _pipeline(args: argparse.Namespace, pipeline: Pipeline) -> int:
     return 0
 
 
-def validate(cfg: HoneConfig) -> int:
+def validate(cfg: HoneConfig, check_output_dir: bool = True) -> int:
     if cfg.tune.space:
         from hone.cluster.tune import check_tune
 
         check_tune(cfg)
-    else:  # a sweep's output_dir holds its trials, each checked when it starts
+    elif check_output_dir:  # a sweep's output_dir holds its trials, each checked when it starts
         from hone.cluster.rundir import inspect
 
         run_dir, state = inspect(cfg)  # a folder hone may not use is refused here, as `hone run` would
