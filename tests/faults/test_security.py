@@ -70,21 +70,3 @@ def test_the_local_clusters_token_is_not_offered_to_a_remote_address(monkeypatch
     assert read_token(None) == ("local-cluster-token", "~/.ray/auth_token")  # for a tunnel to 127.0.0.1
     assert read_token(None, remote=True) == (None, "")
     assert read_token(str(tmp_path / ".ray" / "auth_token"), remote=True)[0] == "local-cluster-token"  # named: used
-
-
-@pytest.mark.slow
-def test_the_embedded_cluster_keeps_its_token_and_session_private(monkeypatch, tmp_path):
-    import ray
-
-    from hone.cluster.connect import ray_session
-
-    token = tmp_path / "auth_token"
-    token.write_text("0123456789abcdef0123456789abcdef\n")
-    token.chmod(0o644)  # as Ray 2.60 writes the one it generates for a new local cluster
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    monkeypatch.setenv("HONE_RAY_TMP", "/tmp")
-    with ray_session(None):
-        temp = Path(ray._private.worker._global_node.get_temp_dir_path())  # the folder hone made for this cluster
-        assert temp.name.startswith("hone-ray-")
-        assert oct(temp.stat().st_mode & 0o777) == "0o700"
-        assert oct(token.stat().st_mode & 0o777) == "0o600"
