@@ -107,8 +107,9 @@ def _mark(out: Path) -> None:
 INPUTS = "inputs.json"  # the fingerprint of every local input when the run started (training/files.py)
 
 
-def input_fingerprints(cfg: HoneConfig) -> dict[str, str]:
-    return {key: fingerprint(Path(value).expanduser()) for key, value in _input_paths(cfg)}
+def input_fingerprints(cfg: HoneConfig, paths: dict[str, str] | None = None) -> dict[str, str]:
+    paths = dict(_input_paths(cfg)) if paths is None else paths
+    return {key: fingerprint(Path(value).expanduser()) for key, value in paths.items()}
 
 
 def _input_changes(cfg: HoneConfig, out: Path) -> list[str]:
@@ -117,7 +118,8 @@ def _input_changes(cfg: HoneConfig, out: Path) -> list[str]:
     saved = read_json(out / INPUTS)
     if saved is None:
         return []
-    now, paths = input_fingerprints(cfg), dict(_input_paths(cfg))
+    paths = dict(_input_paths(cfg))
+    now = input_fingerprints(cfg, paths)
     changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
     return [f"{key}: {paths.get(key, 'a file')} changed since the run started" for key in changed]
 
