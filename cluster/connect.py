@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,11 +27,11 @@ class RayStartError(HoneError, RuntimeError):
 
 
 # Ray puts Unix sockets under <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/, and a socket path may
-# not exceed 107 bytes. The longest name there is dash_MetricsHead; with hone's `hone-ray-XXXXXXXX` folder
+# not exceed 107 bytes. The longest name there is dash_MetricsHead; with hone's `hone-XXXXXXXX/ray` folder
 # and a 7-digit pid that leaves 21 characters for HONE_RAY_TMP. Past it, Ray fails after a minute with a
 # traceback that names neither the variable nor the limit.
 MAX_RAY_TMP_CHARS = (
-    107 - len("/hone-ray-XXXXXXXX") - len("/session_2026-12-01_20-42-58_702298_1234567") - len("/sockets/dash_MetricsHead")
+    107 - len("/hone-XXXXXXXX/ray") - len("/session_2026-12-01_20-42-58_702298_1234567") - len("/sockets/dash_MetricsHead")
 )
 
 
@@ -55,11 +57,15 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    temp_dir = ""
     with contextlib.ExitStack() as stack:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            temp_dir = tempfile.mkdtemp(prefix="hone-ray-", dir=_ray_tmp())
+            # Ray makes the session dir it is given world-writable, again whenever a process of it starts, so
+            # a chmod after start does not hold. It gets a folder inside one of hone's own (mkdtemp: 0700),
+            # which no other user can enter.
+            temp_dir = tempfile.mkdtemp(prefix="hone-", dir=_ray_tmp())
             # Ray starts workers at niceness 15, so on a small machine its own background processes take CPU
             # from training; in a cluster that exists only for this run, training comes first (~13% faster
             # steps measured on 2 cores). Ray Train's print patch would also echo every worker line twice.
@@ -68,14 +74,26 @@ def ray_session(address: str | None) -> Iterator[None]:
             # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls.
             port = stack.enter_context(own_state_api())
             ray.init(
-                address="local", _temp_dir=temp_dir, include_dashboard=True, dashboard_port=port, logging_level=logging.WARNING
+                address="local",
+                _temp_dir=os.path.join(temp_dir, "ray"),
+                include_dashboard=True,
+                dashboard_port=port,
+                logging_level=logging.WARNING,
             )
-            _private_files(Path(temp_dir))
+            _private_token()
         reinstall()
         try:
             yield
-        finally:
+        except BaseException:
             ray.shutdown()
+            if temp_dir:
+                print(f"hone: Ray's logs of this run are kept in {temp_dir}", file=sys.stderr, flush=True)
+            raise
+        ray.shutdown()
+        # The session (logs, spilled objects, runtime_env packages) is this run's alone: a finished run
+        # leaves none in /tmp. HONE_KEEP_RAY_TMP=1 keeps it.
+        if temp_dir and os.environ.get("HONE_KEEP_RAY_TMP") != "1":
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -100,11 +118,10 @@ def own_state_api() -> Iterator[int]:
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
-def _private_files(temp_dir: Path) -> None:
-    """Ray makes its session dir world-writable and writes the token it generates for a new local cluster
-    (~/.ray/auth_token) world-readable; with it any user of the machine could run code as this one.
-    Ray's own processes run as this user, so owner-only modes take nothing from them."""
-    temp_dir.chmod(0o700)
+def _private_token() -> None:
+    """Ray writes the token it generates for a new local cluster (~/.ray/auth_token) world-readable; with it
+    any user of the machine could run code as this one. Ray's own processes run as this user, so an
+    owner-only mode takes nothing from them."""
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
     if token.is_file() and token.stat().st_mode & 0o077:
         token.chmod(0o600)

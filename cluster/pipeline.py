@@ -21,7 +21,7 @@ from typing import Any
 
 from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
-from hone.cluster.rundir import inspect, run_dir_lock
+from hone.cluster.rundir import run_dir_lock, trained_on_an_older_model
 from hone.training.config import (
     ConfigError,
     HoneConfig,
@@ -194,14 +194,13 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
         out.mkdir(parents=True, exist_ok=True)
         if answer_eval and questions:
             answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
-        upstream_trained = False
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
             print(f"\nhone: pipeline stage {index + 1}/{len(stages)}: {stage.name} ({cfg.mode}) -> {cfg.output_dir}", flush=True)
-            if upstream_trained and stage.config.model.source == PREVIOUS:
-                # The model it starts from was just trained again: its own run (same config, another
-                # input) is replaced, not shown as finished.
+            if stage.config.model.source == PREVIOUS and trained_on_an_older_model(cfg):
+                # The stage before was trained again (in this run or by hand): this stage's result is
+                # stale, so its run (same config, another input model) is replaced, not shown as finished.
+                print(f"hone: pipeline: {stage.name} started from an earlier {cfg.model.source}; training it again", flush=True)
                 cfg = replace(cfg, overwrite=True)
-            upstream_trained = inspect(cfg)[1] != "finished"
             summary = run(cfg, address)
             results.append(
                 {"name": stage.name, "mode": cfg.mode, "run_dir": str(Path(cfg.output_dir).resolve())} | {"eval": summary["eval"]}

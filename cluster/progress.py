@@ -14,6 +14,8 @@ import ray
 
 from hone.training.files import read_jsonl, write_text
 
+REPLAYED = "_replayed"  # marks a record the resumed worker sent again from its checkpoint
+
 
 @ray.remote(num_cpus=0)
 class RunLog:
@@ -31,6 +33,10 @@ class RunLog:
 
     def record(self, metrics: dict[str, Any]) -> None:
         self.records.append(metrics)
+
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Steps a resumed checkpoint carries: the driver adds those its metrics.jsonl lacks."""
+        self.records.extend({**r, REPLAYED: True} for r in records)
 
     def worker(self, info: dict[str, Any]) -> None:
         self.workers[info["rank"]] = info
@@ -56,12 +62,16 @@ class MetricsFile:
             self.lines = [r for r in self.lines if r["step"] <= step]
             self._rewrite()
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: dict[str, Any]) -> bool:
+        """Append `record`; False where it is a replayed step the file already holds (nothing written)."""
+        if record.pop(REPLAYED, False) and any(r["step"] == record["step"] for r in self.lines):
+            return False
         if self.lines and record["step"] <= self.lines[-1]["step"]:
             self.keep_until(record["step"] - 1)
         self.lines.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        return True
 
     def _rewrite(self) -> None:
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.lines))
@@ -88,8 +98,8 @@ def follow(
                 records = ray.get(log.take.remote())
                 for record in records:
                     record["time"] = time.time()
-                    metrics.add(record)
-                    on_record(record)
+                    if metrics.add(record):
+                        on_record(record)
             except Exception as err:
                 if not errors:
                     errors.append(err)

@@ -115,13 +115,26 @@ def input_fingerprints(cfg: HoneConfig, paths: dict[str, str] | None = None) -> 
 def _input_changes(cfg: HoneConfig, out: Path) -> list[str]:
     """Inputs (data, model, reward code) that changed since the run started: a data file edited in
     place, or a model export an upstream stage wrote again. A run dir from before this record: none."""
+    paths = dict(_input_paths(cfg))
+    return [f"{key}: {paths.get(key, 'a file')} changed since the run started" for key in _changed_inputs(cfg, out, paths)]
+
+
+def _changed_inputs(cfg: HoneConfig, out: Path, paths: dict[str, str]) -> list[str]:
     saved = read_json(out / INPUTS)
     if saved is None:
         return []
-    paths = dict(_input_paths(cfg))
     now = input_fingerprints(cfg, paths)
-    changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
-    return [f"{key}: {paths.get(key, 'a file')} changed since the run started" for key in changed]
+    return sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
+
+
+def trained_on_an_older_model(cfg: HoneConfig) -> bool:
+    """The run in cfg.output_dir is this config's, but the model it started from was written again since
+    (its own config unchanged, its other inputs too). A pipeline replaces such a stage: its result is
+    stale, and the stage is the pipeline's to redo."""
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if not (out / MARKER).exists() or _saved_differences(cfg, out / "config.yaml", True):
+        return False
+    return _changed_inputs(cfg, out, dict(_input_paths(cfg))) == ["model.source"]
 
 
 def _existing_state(cfg: HoneConfig, out: Path) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.training.config import HoneConfig, WandbConfig, to_dict
+from hone.training.files import write_text
 
 
 def wandb_mode(settings: WandbConfig) -> str:
@@ -30,10 +31,14 @@ class Tracker:
 
         mode = wandb_mode(settings)
         if settings.mode == "auto" and mode == "offline":
-            print(f"hone: WANDB_API_KEY is not set, so W&B logs offline to {run_dir / 'wandb'} (wandb sync uploads it)")
+            # A resumed run logs into a second offline folder with the same id: both must be uploaded.
+            print(
+                f"hone: WANDB_API_KEY is not set, so W&B logs offline to {run_dir / 'wandb'}; upload it with "
+                f"`wandb sync {run_dir / 'wandb'}/offline-run-*` (every folder: a resumed run adds one)"
+            )
         id_file = run_dir / "wandb_id"
         if not id_file.exists():
-            id_file.write_text(uuid.uuid4().hex[:12])
+            write_text(id_file, uuid.uuid4().hex[:12])
         self.run = wandb.init(
             project=settings.project,
             entity=settings.entity or None,

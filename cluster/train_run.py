@@ -207,7 +207,27 @@ def _fit_until_done(trainer: Any, log: Any) -> None:
             log.request_stop.remote()
             asked = True
     if outcome:
-        raise outcome[0]
+        _raise_clearly(outcome[0])
+
+
+class WorkersLostError(HoneError, RuntimeError):
+    """The worker group could not be placed again after a failure."""
+
+
+def _raise_clearly(err: BaseException) -> None:
+    """A worker group that can no longer be placed (a node gone for good, no autoscaler) ends Ray Train
+    with a ControllerError wrapping its startup timeout: said in one line, with what to do."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    failure = getattr(err, "controller_failure", None)
+    if isinstance(failure, WorkerGroupStartupTimeoutError):
+        waited = str(failure).split(". Potential causes")[0]  # Ray's own advice is about autoscaling
+        raise WorkersLostError(
+            f"the training workers could not be placed again after a failure ({waited}). The cluster may "
+            "have lost a node for good (`ray status` shows what is left); when it has room again, rerun the same "
+            "command to resume from the last checkpoint"
+        ) from err
+    raise err
 
 
 def _summary(

@@ -189,9 +189,12 @@ def tune_run(cfg: HoneConfig, address: str | None = None) -> dict[str, Any]:
     check_tune(cfg)
     prepare_any(cfg)  # data and model checked once, with the base config, before any trial starts
     sweep = Path(cfg.output_dir).expanduser().resolve()
-    with run_dir_lock(sweep), ray_session(address):  # one sweep at a time in a sweep dir
-        sweep.mkdir(parents=True, exist_ok=True)
-        results = _fit(cfg, sweep)
+    with run_dir_lock(sweep):  # one sweep at a time in a sweep dir
+        # The run-dir rules, before any Ray: the same sweep resumes; another config (space, data, model)
+        # is refused, or replaces the sweep under overwrite=true, instead of resuming the old space.
+        claim(cfg)
+        with ray_session(address):
+            results = _fit(cfg, sweep)
         if cfg.tune.scheduler == "pbt":
             _prune_pbt_checkpoints(sweep, cfg.checkpoint.keep)
         report = _write_sweep(cfg, sweep, results)

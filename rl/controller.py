@@ -47,6 +47,27 @@ class RlRunError(HoneError, RuntimeError):
     """An RL run that cannot go on (an actor that keeps dying or never answers); the message says which and why."""
 
 
+# What lowers a role's memory, for the message when Ray's memory monitor (or the kernel) killed its actor.
+MEMORY_FIXES = {
+    "rollout": "lower rl.generation.max_new_tokens or rl.prompts_per_step, or give rl.rollout more memory",
+    "reward": "give rl.reward more memory, or make the reward function use less",
+    "reference": "lower train.micro_batch_per_device, or give rl.reference more memory",
+    "policy": "lower train.micro_batch_per_device or data.max_seq_len, or raise deepspeed.zero_stage",
+}
+
+
+def why_it_died(err: BaseException, role: str) -> str:
+    """Why Ray says an actor died, in a few words with the fix, from its error's text: an out-of-memory
+    kill repeats on every restart (same prompts, same seed), so it must be named, not just retried."""
+    text = str(err)
+    if "low on memory" in text or "OutOfMemory" in text or "oom" in text.lower().split():
+        return f"killed for using too much memory: {MEMORY_FIXES.get(role, 'give it more memory')}"
+    if getattr(err, "preempted", False):
+        return "its node was preempted"
+    detail = [line.strip() for line in text.splitlines() if "exit detail" in line.lower()]
+    return detail[0] if detail else type(err).__name__
+
+
 class PolicyDied(RuntimeError):
     """A policy worker died; the group restarts from the last checkpoint."""
 
@@ -214,7 +235,7 @@ class Controller:
             try:
                 done[ready[0]] = ray.get(ready[0])
             except RayActorError as err:
-                raise PolicyDied(f"a policy worker died ({type(err).__name__})") from None
+                raise PolicyDied(f"a policy worker died ({why_it_died(err, 'policy')})") from None
             except RayTaskError as err:  # a collective that timed out: rebuild from the checkpoint like a death
                 if isinstance(err.cause, torch.distributed.DistError):
                     raise PolicyDied(f"a policy worker's collective failed ({type(err.cause).__name__})") from None
@@ -251,9 +272,15 @@ class Controller:
                     raise
                 except RayActorError as err:
                     if attempt == ACTOR_RESTARTS:
-                        raise RlRunError(f"{group.role} actor {index} died {attempt + 1} times; giving up") from err
+                        raise RlRunError(
+                            f"{group.role} actor {index} died {attempt + 1} times ({why_it_died(err, group.role)}); giving up"
+                        ) from err
                     self.restarts[group.role] += 1
-                    print(f"hone: {group.role} actor {index} died; re-issuing its work once Ray has restarted it", flush=True)
+                    print(
+                        f"hone: {group.role} actor {index} died ({why_it_died(err, group.role)}); re-issuing its work once Ray "
+                        "has restarted it",
+                        flush=True,
+                    )
                     _wait_alive(group.actors[index], f"{group.role} actor {index}")
                     ref = getattr(group.actors[index], method).remote(*args)
         return results

@@ -157,10 +157,19 @@ class PolicyWorker(Located):
             return grab() if self.rank == 0 else None
 
     def save(self, folder: str) -> None:
+        import torch
+
         self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG)
+        # Dropout (LoRA's too) draws from torch's RNG: restored, a resumed run draws what an uninterrupted one would.
+        torch.save(torch.get_rng_state(), Path(folder) / f"rng_rank{self.rank}.pt")
 
     def load(self, folder: str) -> None:
+        import torch
+
         self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        rng = Path(folder) / f"rng_rank{self.rank}.pt"
+        if rng.exists():  # a checkpoint from before hone saved it has none
+            torch.set_rng_state(torch.load(rng, weights_only=True))  # plain tensors: never unpickle code
 
     def export(self, run_dir: str) -> None:
         from hone.training.export import export_model

@@ -56,3 +56,59 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory):
         )
         yield
         ray.shutdown()
+
+
+@pytest.fixture
+def busy_neighbour(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """Another hone run on this machine, on its own embedded cluster, for the whole test: the test's cluster
+    operations (placement-group cleanup, state-API calls, worker kills) must not touch it, nor it them.
+    Its training worker is paused (SIGSTOP) once it trains, so it takes no CPU from the test while its
+    cluster (controller, placement-group cleaner, state API) runs on; afterwards it must train on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hone.training.files import read_jsonl
+    from tests.processes import kill_session, session_pids
+
+    root = tmp_path_factory.mktemp("neighbour")
+    (root / "run.yaml").write_text("{}\n")
+    out = root / "run"
+    # max_failures=0: a worker of its own killed by the test ends it, and the fixture fails
+    args = sft_overrides(
+        assets, out, "train.max_steps=1000000", "checkpoint.every_steps=0", "eval.max_samples=4", "scaling.max_failures=0"
+    )
+    command = [sys.executable, "-m", "hone.cluster.cli", "run", "run.yaml", *args]
+    log = (root / "log.txt").open("w")
+    proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not read_jsonl(out / "metrics.jsonl"):  # training: its cluster and placement group are up
+        assert proc.poll() is None and time.monotonic() < deadline, (root / "log.txt").read_text()[-3000:]
+        time.sleep(0.5)
+    workers = [pid for pid in session_pids(proc.pid) if _command_line(pid).startswith("ray::RayTrainWorker")]
+    assert workers, "no training worker found in the neighbouring run"
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    yield
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
+    steps = len(read_jsonl(out / "metrics.jsonl"))
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) <= steps + 10 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = proc.poll() is None
+    kill_session(proc.pid)
+    proc.wait(timeout=60)
+    log.close()
+    output = (root / "log.txt").read_text()
+    assert alive, f"the neighbouring run died during the test:\n{output[-3000:]}"
+    assert "Cleaning up placement group" not in output, "the neighbouring run lost its placement group"
+    assert len(read_jsonl(out / "metrics.jsonl")) > steps + 10, "the neighbouring run did not train on"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

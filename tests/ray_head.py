@@ -1,7 +1,7 @@
 """A real Ray head node in a subprocess, with token auth on, for tests of the Jobs API.
 
 `ray start --head --block` on 127.0.0.1 with every port it opens chosen free and its own short temp dir,
-so it clashes with no other Ray cluster on the machine. It is stopped by killing its process group:
+so it clashes with no other Ray cluster on the machine. It is stopped by killing its session:
 never `ray stop`, which kills every Ray process on the machine (other tests' and users' clusters too).
 """
 
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from tests.processes import kill_session
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -38,21 +40,11 @@ class Head:
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        # Ray's own children (raylet, GCS, dashboard, workers) share the process group; make sure none is left.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        # Only once the group is gone: a dying raylet could still write into the temp dir.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
+                pass
+        # Ray's workers are in process groups of their own, all in the head's session: none may be left,
+        # and only once all are gone may the temp dir go (a dying raylet could still write into it).
+        kill_session(self.process.pid)
+        self.process.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

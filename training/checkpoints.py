@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 TAG = "state"
 STATE_FILE = "hone_state.json"
@@ -23,11 +23,21 @@ COMMITTED = ".hone-committed"
 
 
 def save_checkpoint(
-    engine: Any, step: int, rank: int, metrics: dict[str, Any], run_dir: str, stored_in: str | None = None
+    engine: Any,
+    step: int,
+    rank: int,
+    metrics: dict[str, Any],
+    run_dir: str,
+    stored_in: str | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> None:
     """Save and report this rank's shard. It is staged under the run dir (shared storage, not the pod's
     ephemeral /tmp, which a big shard can fill until the kubelet evicts the pod); `stored_in` is the
-    checkpoint folder on a filesystem this worker sees, where the commit marker goes (None: a bucket)."""
+    checkpoint folder on a filesystem this worker sees, where the commit marker goes (None: a bucket).
+
+    `records` (rank 0) are the per-step metrics since the previous checkpoint. The driver writes
+    metrics.jsonl up to a poll behind the workers, so a run killed just after a checkpoint has a file
+    that ends a few steps short of it; the resumed run replays these to fill that gap."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -40,7 +50,7 @@ def save_checkpoint(
         # Dropout draws from torch's RNG: restoring it makes a resumed run match an uninterrupted one.
         torch.save(torch.get_rng_state(), tmp / f"rng_rank{rank}.pt")
         if rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step, "metrics": records or []}))
         checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))
     finally:
@@ -60,10 +70,21 @@ def saved_step(folder: Path) -> int:
     return int(json.loads((folder / STATE_FILE).read_text())["step"])
 
 
+def saved_records(folder: Path) -> list[dict[str, Any]]:
+    """The per-step metrics a checkpoint carries (none in one saved before hone kept them)."""
+    return list(json.loads((folder / STATE_FILE).read_text()).get("metrics", []))
+
+
+class Restored(NamedTuple):
+    step: int  # 0: nothing to resume from
+    records: list[dict[str, Any]]  # this run's metrics of the steps before `step` the checkpoint carries
+
+
 def load_checkpoint(
     engine: Any, checkpoint: Any, rank: int, start_from: str | None = None, cfg: Any = None, committed: str | None = None
-) -> int:
-    """Restore engine, LR schedule and RNG from Ray Train's last registered checkpoint; return its step.
+) -> Restored:
+    """Restore engine, LR schedule and RNG from Ray Train's last registered checkpoint; return its step
+    and the metrics it carries.
 
     `committed` is a complete checkpoint of this run that Ray had not registered yet (COMMITTED); it is
     loaded when it is newer. With no checkpoint at all, `start_from` (a folder holding another run's
@@ -79,22 +100,22 @@ def load_checkpoint(
         if saved_step(Path(committed)) > registered:
             checkpoint = ray.train.Checkpoint.from_directory(committed)
     if checkpoint is None and start_from:
-        step = load_checkpoint(engine, ray.train.Checkpoint.from_directory(start_from), rank)
+        step = load_checkpoint(engine, ray.train.Checkpoint.from_directory(start_from), rank).step
         apply_optim_settings(engine, cfg)
-        return step
+        return Restored(step, [])  # the donor's metrics: `hone tune` copies its metrics.jsonl itself
     if checkpoint is None:
-        return 0
+        return Restored(0, [])
     import torch
 
     with checkpoint.as_directory() as folder:
         path = Path(folder)
-        step = saved_step(path)
+        step, records = saved_step(path), saved_records(path)
         engine.load_checkpoint(str(path), tag=TAG)
         rng = path / f"rng_rank{rank}.pt"
         if rng.exists():
             torch.set_rng_state(torch.load(rng, weights_only=True))  # plain tensors: never unpickle code
     print(f"hone: rank {rank} resumed from step {step} ({path.name})", flush=True)
-    return step
+    return Restored(step, records)
 
 
 def apply_optim_settings(engine: Any, cfg: Any) -> None:

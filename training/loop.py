@@ -68,9 +68,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logger = plan.logger
     logger.worker.remote(_worker_info(engine, cfg, rank))
 
-    step = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.start_from, cfg, plan.committed)
+    step, saved = load_checkpoint(engine, ray.train.get_checkpoint(), rank, plan.start_from, cfg, plan.committed)
+    window: list[dict[str, Any]] = []  # rank 0's metrics since the last checkpoint; the next one carries them
     if rank == 0:
         print(f"hone: {world} worker(s) ready in {time.perf_counter() - started:.1f} s, starting at step {step}", flush=True)
+        if saved:
+            logger.replay.remote(saved)
     total = plan.total_steps
     batcher = _Batcher(cfg, plan.kind, tokenizer, train_examples, rank, world)
     clock = _CheckpointClock(cfg, logger, rank)
@@ -97,9 +100,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan.kind, tokenizer, rank, world)
         if rank == 0:
             logger.record.remote(metrics)
+            window.append(metrics)
         if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or due or stop or preempted:
-            save_checkpoint(engine, step, rank, metrics, plan.run_dir, plan.stored_in)
+            save_checkpoint(engine, step, rank, metrics, plan.run_dir, plan.stored_in, window)
             clock.saved()
+            window = []
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
         if stop:  # the driver was asked to stop: the checkpoint above is where a rerun resumes

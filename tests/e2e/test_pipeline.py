@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 from hone.cluster.cli import main
 from hone.cluster.pipeline import load_pipeline
 from hone.training.config import ConfigError
+from tests.processes import kill_session
 from tests.rl.conftest import letter_prompts
 from tests.tiny import write_jsonl
 
@@ -75,7 +75,7 @@ def test_three_stage_pipeline_chains_models_and_resumes_after_a_kill_in_stage_tw
     while not (sft_metrics.exists() and len(sft_metrics.read_text().splitlines()) >= 25):
         assert first.poll() is None and time.monotonic() < deadline, "the pipeline ended before it could be interrupted"
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_session(first.pid)
     first.wait()
     pretrain_model = pipe / "1-pretrain" / "model" / "config.json"
     pretrain_mtime = pretrain_model.stat().st_mtime

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
+from hone.training.checkpoints import COMMITTED
 from hone.training.config import load_config
 from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
+from tests.processes import kill_session
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +48,14 @@ def final(out: Path) -> tuple[float, float]:
     return summary["eval"]["after"]["loss"], last["loss"]
 
 
+def resume_step(folder: Path) -> int:
+    """The checkpoint a rerun resumes from: the newest one Ray Train registered or hone committed."""
+    snapshot = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())
+    registered = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
+    committed = [p.parent.name for p in folder.glob(f"step_*/{COMMITTED}")]
+    return max(int(name.split("_")[1]) for name in registered + committed)
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "none.yaml"
@@ -64,23 +74,28 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches(assets, tmp_path, co
     while not any(s >= 25 for s in metric_steps(broken)):
         assert first.poll() is None and time.monotonic() < deadline, "run ended before it could be interrupted"
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_session(first.pid)
     first.wait()
     assert not (broken / "summary.json").exists()
-    killed_at = max(metric_steps(broken))
-    assert killed_at < STEPS
+    assert max(metric_steps(broken)) < STEPS
+    # The driver writes metrics.jsonl a poll behind the workers, so a kill just after a checkpoint leaves
+    # the file a few steps short of it (seen in CI). Made certain here: the file is cut 3 steps short of
+    # the checkpoint the rerun resumes from, and the rerun must fill those steps from the checkpoint.
+    newest = resume_step(broken / "checkpoints")
+    cut = [r for r in read_jsonl(broken / "metrics.jsonl") if r["step"] <= newest - 3]
+    (broken / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cut))
 
     second = hone_run(overrides(assets, broken), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output[-3000:]
     resumed = [int(line.split("resumed from step ")[1].split()[0]) for line in output.splitlines() if "resumed from step" in line]
-    assert resumed and 10 <= resumed[0] <= killed_at and resumed[0] % 10 == 0, (resumed, killed_at)
-    assert metric_steps(broken) == list(range(1, STEPS + 1))  # every step once, none double-counted
+    assert resumed == [newest], (resumed, newest)
+    assert metric_steps(broken) == list(range(1, STEPS + 1))  # every step once, none double-counted, no gap
     for a, b in zip(final(whole), final(broken), strict=True):
         assert abs(a - b) < TOLERANCE, (final(whole), final(broken))
 
 
-@pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("local_ray", "busy_neighbour")  # and another hone run training meanwhile
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(assets, tmp_path):
     from ray.util.state import list_actors
 

@@ -4,8 +4,11 @@ groups (Ray Train's cleaner used to ask the other cluster's state API and remove
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,19 +19,25 @@ from tests.conftest import sft_overrides
 pytestmark = pytest.mark.slow
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+def _start(args: list[str], cwd: Path, **env_vars: str) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "run.yaml").write_text("{}\n")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", **env_vars}
     command = [sys.executable, "-m", "hone.cluster.cli", "run", "run.yaml", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_two_embedded_runs_at_once_both_finish_untouched(assets, tmp_path):
     runs = {name: tmp_path / name for name in ("a", "b")}
+    # Each its own short HONE_RAY_TMP (Ray's socket paths must fit 107 bytes); run a keeps its session.
+    ray_tmp = {name: Path(tempfile.mkdtemp(dir="/tmp")) for name in runs}
+    keep = {"a": {"HONE_KEEP_RAY_TMP": "1"}, "b": {}}
     procs = {
         name: _start(
-            sft_overrides(assets, out / "run", "train.max_steps=60", "eval.max_samples=4", "scaling.max_failures=0"), out
+            sft_overrides(assets, out / "run", "train.max_steps=60", "eval.max_samples=4", "scaling.max_failures=0"),
+            out,
+            HONE_RAY_TMP=str(ray_tmp[name]),
+            **keep[name],
         )
         for name, out in runs.items()
     }
@@ -38,6 +47,13 @@ def test_two_embedded_runs_at_once_both_finish_untouched(assets, tmp_path):
         assert "Cleaning up placement group" not in output, f"run {name} lost its placement group"
     for out in runs.values():
         assert [r["step"] for r in read_jsonl(out / "run" / "metrics.jsonl")] == list(range(1, 61))
+    # A finished run leaves no Ray session behind; one kept (HONE_KEEP_RAY_TMP=1) is this user's only.
+    assert list(ray_tmp["b"].iterdir()) == []
+    [session] = list(ray_tmp["a"].iterdir())
+    assert session.name.startswith("hone-") and stat.S_IMODE(session.stat().st_mode) == 0o700  # Ray made its own 0777
+    assert (session / "ray").is_dir()
+    for folder in ray_tmp.values():
+        shutil.rmtree(folder)
 
 
 def test_a_run_ignores_the_cluster_ray_address_names(assets, tmp_path):

@@ -160,3 +160,24 @@ def test_a_data_file_edited_under_a_run_is_refused_by_name_and_overwrite_reruns_
         inspect(cfg)
     assert claim(_cfg(tmp_path, out, "overwrite=true")) == (out, "new")  # the edited data trains afresh
     assert claim(cfg) == (out, "resume")
+
+
+def test_a_sweep_rerun_with_another_search_space_is_refused_before_ray_starts(assets, tmp_path):
+    import ray
+
+    from hone.cluster.tune import tune_run
+
+    sweep = tmp_path / "sweep"
+
+    def sweep_cfg(values: str, *extra: str):
+        args = ["mode=sft", f"model.source={assets['llama']}", f"data.train=[{assets['copy']}]", f"output_dir={sweep}"]
+        space = f"tune.space={{optim.lr: {{type: grid, values: {values}}}}}"
+        return load_config(None, [*args, space, "tune.scheduler=none", "data.max_seq_len=32", *extra])
+
+    claim(sweep_cfg("[1e-3, 1e-2]"))  # what the first sweep took
+    (sweep / "tune").mkdir()
+    (sweep / "tune" / "experiment_state.json").write_text("{}")  # the old sweep's Tune state
+    before = _snapshot(sweep)
+    with pytest.raises(RunDirError, match=r"holds a different run \(config differs in: tune.space"):
+        tune_run(sweep_cfg("[1e-4]"))
+    assert not ray.is_initialized() and _snapshot(sweep) == before
