@@ -284,12 +284,7 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
     folder = folder or run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    snapshot = folder / "checkpoint_manager_snapshot.json"
-    registered: set[str] = set()
-    if snapshot.exists():
-        state = read_json(snapshot)
-        results = state.get("checkpoint_results", []) + [state.get("latest_checkpoint_result") or {}]
-        registered = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    registered = registered_checkpoints(folder)
     orphans = sorted(
         p.name for p in folder.glob("step_*") if p.is_dir() and p.name not in registered and not (p / COMMITTED).exists()
     )
@@ -298,6 +293,16 @@ def remove_orphan_checkpoints(run_dir: Path, folder: Path | None = None) -> list
     if orphans:
         print(f"hone: removed unregistered (partial) checkpoints {', '.join(orphans)}", flush=True)
     return orphans
+
+
+def registered_checkpoints(folder: Path) -> set[str]:
+    """The checkpoint folder names Ray Train's snapshot in `folder` lists."""
+    snapshot = folder / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return set()
+    state = read_json(snapshot)
+    results = state.get("checkpoint_results", []) + [state.get("latest_checkpoint_result") or {}]
+    return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
 
 
 def newest_committed(folder: Path | None) -> str | None:

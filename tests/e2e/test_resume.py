@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hone.cluster.run import run
+from hone.cluster.rundir import registered_checkpoints
 from hone.training.checkpoints import COMMITTED
 from hone.training.config import load_config
 from hone.training.files import read_jsonl
@@ -50,10 +51,8 @@ def final(out: Path) -> tuple[float, float]:
 
 def resume_step(folder: Path) -> int:
     """The checkpoint a rerun resumes from: the newest one Ray Train registered or hone committed."""
-    snapshot = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())
-    registered = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
-    committed = [p.parent.name for p in folder.glob(f"step_*/{COMMITTED}")]
-    return max(int(name.split("_")[1]) for name in registered + committed)
+    committed = {p.parent.name for p in folder.glob(f"step_*/{COMMITTED}")}
+    return max(int(name.split("_")[1]) for name in registered_checkpoints(folder) | committed)
 
 
 @pytest.fixture
