@@ -217,8 +217,11 @@ class Controller:
         group, world = self.roles.policy, self.roles.policy.num_actors
         args = [(self.cfg, self.prepared.resolved_model, rank, world, self.prepared.total_steps) for rank in range(world)]
         group.start(PolicyWorker, args, max_restarts=0, env=_env(self.cfg))
-        try:  # a policy bundle whose node is gone cannot be placed again: do not wait for it forever
-            master = ray.get(group.actors[0].address.remote(), timeout=self.cfg.scaling.placement_timeout_s + 60)
+        # Every rank must be running before any joins the process group: its rendezvous waits only
+        # scaling.collective_timeout_s, and a rank whose predecessor still holds its bundle (a killed actor
+        # that was stopped, not dead) starts later. A bundle whose node is gone is not waited for forever.
+        try:
+            master = ray.get([a.address.remote() for a in group.actors], timeout=self.cfg.scaling.placement_timeout_s + 60)[0]
         except GetTimeoutError:
             raise RlRunError(
                 f"the policy group did not start within {self.cfg.scaling.placement_timeout_s + 60:g} s; the cluster may "
@@ -237,7 +240,7 @@ class Controller:
             except RayActorError as err:
                 raise PolicyDied(f"a policy worker died ({why_it_died(err, 'policy')})") from None
             except RayTaskError as err:  # a collective that timed out: rebuild from the checkpoint like a death
-                if isinstance(err.cause, torch.distributed.DistError):
+                if _collective_failed(err.cause):
                     raise PolicyDied(f"a policy worker's collective failed ({type(err.cause).__name__})") from None
                 raise
         return [done[r] for r in refs]
@@ -515,3 +518,9 @@ def _env(cfg: HoneConfig) -> dict[str, str]:
     if not cfg.scaling.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     return env
+
+
+def _collective_failed(cause: BaseException) -> bool:
+    """A collective that timed out or lost its peer. NCCL raises DistError; gloo a plain RuntimeError whose
+    message names its own source files (tcp/unbound_buffer.cc: "Timed out waiting ...", "Connection closed")."""
+    return isinstance(cause, torch.distributed.DistError) or (isinstance(cause, RuntimeError) and "gloo" in str(cause))

@@ -75,8 +75,25 @@ def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
 
     params = [p for p in model.parameters() if p.requires_grad]
     _skip_cpu_inference_comm_op()
+    _new_groups_time_out_after(cfg.scaling.collective_timeout_s)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
     return engine
+
+
+def _new_groups_time_out_after(seconds: float) -> None:
+    """Make scaling.collective_timeout_s hold for DeepSpeed's own process groups too.
+
+    DeepSpeed runs its gradient all-reduces on a clone of the world group (`new_group` without a timeout),
+    and torch gives such a group its module default, 30 minutes (10 for NCCL), whatever the world group
+    was given. A stuck rank would then hang the others for that long. torch has no public setter for the
+    default, so its module attribute is set, before DeepSpeed makes the clone."""
+    import datetime
+
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = datetime.timedelta(seconds=seconds)
+    if c10d.default_pg_nccl_timeout is not None:
+        c10d.default_pg_nccl_timeout = datetime.timedelta(seconds=seconds)
 
 
 def _skip_cpu_inference_comm_op() -> None:

@@ -78,3 +78,19 @@ def test_a_run_ignores_the_cluster_ray_address_names(assets, tmp_path):
         assert "Cleaning up placement group" not in output
     finally:
         ray.shutdown()
+
+
+def test_every_process_of_an_embedded_run_asks_its_own_state_api(monkeypatch):
+    """What Ray Train's placement-group cleaner does, checked where it happens: a Ray worker resolves the
+    state API from its environment, and there RAY_ADDRESS (a tunnel to another cluster, exported for
+    `hone jobs`) would win over the cluster it belongs to."""
+    import ray
+    from ray.dashboard.utils import get_address_for_submission_client
+
+    from hone.cluster.connect import ray_session
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:9")  # another cluster's dashboard
+    with ray_session(None):
+        own = f"http://{ray._private.worker.get_dashboard_url()}"
+        asked = ray.get(ray.remote(num_cpus=0)(get_address_for_submission_client).remote(None))
+    assert asked == own

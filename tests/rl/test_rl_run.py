@@ -95,7 +95,9 @@ def test_killed_policy_worker_restarts_the_group_from_the_last_checkpoint(assets
     assert summary["eval"]["after"]["mean_reward"] > summary["eval"]["before"]["mean_reward"]
 
 
-def _kill_actor_after(metrics: Path, step: int, killed: list[int], role: str = "RolloutWorker") -> None:
+def _kill_actor_after(
+    metrics: Path, step: int, killed: list[int], role: str = "RolloutWorker", sig: int = signal.SIGKILL, count: int = 0
+) -> None:
     import ray
     from ray.util.state import list_actors
 
@@ -107,9 +109,30 @@ def _kill_actor_after(metrics: Path, step: int, killed: list[int], role: str = "
     # Name this cluster explicitly: another Ray instance on the machine would make the lookup ambiguous.
     address = ray.get_runtime_context().gcs_address
     actors = list_actors(address=address, filters=[("class_name", "=", role), ("state", "=", "ALIVE")])
-    for actor in actors:
-        os.kill(actor.pid, signal.SIGKILL)
+    for actor in actors[-count:] if count else actors:
+        os.kill(actor.pid, sig)
         killed.append(actor.pid)
+
+
+def test_a_hung_collective_restarts_the_policy_group_from_the_last_checkpoint(assets, prompts, tmp_path, local_ray, capsys):
+    """One policy rank stops answering (SIGSTOP: a stuck NCCL kernel, a frozen host); the other's collective
+    times out, and the group is rebuilt from its checkpoint like after a death, instead of ending the run."""
+    out = tmp_path / "run"
+    overrides = ("train.max_steps=30", "checkpoint.every_steps=5", "scaling.num_workers=2", "scaling.collective_timeout_s=5")
+    cfg = load_config(None, rl_overrides(assets, prompts, out, *overrides))
+    stopped: list[int] = []
+    args = (out / "metrics.jsonl", 12, stopped, "PolicyWorker", signal.SIGSTOP, 1)
+    watcher = threading.Thread(target=_kill_actor_after, args=args, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    summary = run(cfg)
+    watcher.join(timeout=5)
+
+    assert len(stopped) == 1 and summary["restarts"]["policy"] == 1
+    assert "a policy worker's collective failed" in capsys.readouterr().out  # the timeout, not Ray's health check
+    assert summary["placement"]["policy"][0]["pid"] not in stopped  # the stopped rank was replaced
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 31))
+    assert time.monotonic() - started < 600
 
 
 def _write_reward_module(folder: Path, body: str, module: str) -> None:
