@@ -67,17 +67,17 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def folder_files(path: Path) -> list[Path]:
-    """The files a data folder contributes: its .txt and .md files (every file of a saved `datasets`
-    dir), never hidden ones (.env, .git/...), and never through a symlink that leads out of the folder.
-    `hone submit` ships exactly these, so a job carries what the run reads and nothing else."""
+def folder_files(path: Path, suffixes: set[str] = TEXT_SUFFIXES) -> list[Path]:
+    """The files a data folder contributes: its .txt and .md files (`suffixes`; every file of a saved
+    `datasets` dir), never hidden ones (.env, .git/...), and never through a symlink that leads out of the
+    folder. `hone submit` ships exactly these, so a job carries what the run reads and nothing else."""
     root = path.resolve()
     saved = is_saved_dataset(path)
     files = []
     for p in sorted(path.rglob("*")):
         if any(part.startswith(".") for part in p.relative_to(path).parts) or not p.is_file():
             continue
-        if not (saved or p.suffix.lower() in TEXT_SUFFIXES):
+        if not (saved or p.suffix.lower() in suffixes):
             continue
         if not p.resolve().is_relative_to(root):
             raise DataError(
@@ -107,7 +107,7 @@ def _read_path(path: Path) -> list[Row]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, .txt or .md")
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """A text data file's content. A UTF-8 byte-order mark (Windows tools write one) is dropped; a file
     that is not UTF-8, or holds NUL bytes (a binary file named .txt), is refused by name."""
     data = path.read_bytes()
@@ -125,7 +125,7 @@ def _read_utf8(path: Path) -> str:
 def _read_jsonl(path: Path) -> list[Row]:
     # Parsed by hand rather than with `datasets`, whose JSON errors do not say which line is broken.
     rows = []
-    for number, line in enumerate(_read_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -141,7 +141,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        data = json.loads(_read_utf8(path))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -178,7 +178,7 @@ def _read_saved_dataset(path: Path) -> list[Row]:
 
 
 def _read_text_file(path: Path) -> list[Row]:
-    text = _read_utf8(path)
+    text = read_utf8(path)
     return [{"text": text, "_source": str(path)}] if text.strip() else []
 
 

@@ -70,3 +70,14 @@ def test_the_local_clusters_token_is_not_offered_to_a_remote_address(monkeypatch
     assert read_token(None) == ("local-cluster-token", "~/.ray/auth_token")  # for a tunnel to 127.0.0.1
     assert read_token(None, remote=True) == (None, "")
     assert read_token(str(tmp_path / ".ray" / "auth_token"), remote=True)[0] == "local-cluster-token"  # named: used
+
+
+def test_the_token_ray_writes_for_the_embedded_cluster_becomes_owner_only(monkeypatch, tmp_path):
+    from hone.cluster.connect import _private_token
+
+    token = tmp_path / "auth_token"
+    token.write_text("generated-by-ray")
+    token.chmod(0o644)  # what Ray 2.60 leaves: any user of the machine could read it and run code as this one
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    _private_token()
+    assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == "generated-by-ray"

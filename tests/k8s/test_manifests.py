@@ -303,3 +303,7 @@ def test_dockerfile_user_and_copies_match_the_manifests() -> None:
         for path in source.split():
             assert (REPO / path).exists(), f"the Dockerfile copies {path}, which the repo does not have"
     assert "pip install --no-cache-dir ." in text and "wget" in text  # KubeRay's probes call wget
+    folders = re.findall(r'^"hone\.\w+" = "(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M)  # package-dir
+    assert len(folders) >= 4
+    copied = {path for source in re.findall(r"^COPY (.+) \S+$", text, re.M) for path in source.split()}
+    assert set(folders) <= copied, f"the image lacks a package folder: {set(folders) - copied}"

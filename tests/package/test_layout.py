@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FLOORS = {"hone.training": 0, "hone.rl": 1, "hone.cluster": 2}  # cluster -> rl -> training
+FLOORS = {"hone.training": 0, "hone.rl": 1, "hone.synth": 1, "hone.cluster": 2}  # cluster -> rl, synth -> training
 HEAVY = ("torch", "ray", "transformers", "trl", "deepspeed", "datasets", "peft")
 
 
 def _modules() -> dict[str, Path]:
-    return {f"hone.{p.parent.name}.{p.stem}": p for floor in ("cluster", "training", "rl") for p in (REPO / floor).glob("*.py")}
+    return {
+        f"hone.{p.parent.name}.{p.stem}": p
+        for floor in ("cluster", "training", "rl", "synth")
+        for p in (REPO / floor).glob("*.py")
+    }
 
 
 def _imports(path: Path) -> set[str]:
@@ -34,7 +38,7 @@ def test_no_module_imports_up_a_floor_or_by_the_old_top_level_names():
         floor = FLOORS[name.rsplit(".", 1)[0]]
         for target in _imports(path):
             top = target.split(".")[0]
-            assert top not in ("cluster", "training", "rl"), f"{name} imports {target}: write hone.{target}"
+            assert top not in ("cluster", "training", "rl", "synth"), f"{name} imports {target}: write hone.{target}"
             package = ".".join(target.split(".")[:2])
             if package in FLOORS:
                 assert FLOORS[package] <= floor, f"{name} imports {target}, a floor above it"
@@ -102,5 +106,5 @@ def test_an_installed_hone_is_one_top_level_package(tmp_path):
     )
     tops = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert tops == ["hone"]
-    assert sorted(p.name for p in (target / "hone").iterdir()) == ["cluster", "rl", "training"]
+    assert sorted(p.name for p in (target / "hone").iterdir()) == ["cluster", "rl", "synth", "training"]
     assert (target / "hone" / "cluster" / "cli.py").is_file()
