@@ -1,0 +1,147 @@
+"""Chunks to checked training rows, given any generator: plan the prompts, ask the generator only for replies
+the cache lacks, then parse, filter and count. The generator is a function (prompts -> replies), so the
+same step runs with the model being tuned, a bigger local one on an actor pool, or an HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hone.synth.cache import ReplyCache, reply_key
+from hone.synth.documents import Chunk
+from hone.synth.parse import parse_qa, parse_restatement
+from hone.synth.prompts import QA_STYLES, RESTATEMENTS, qa_prompt, restatement_prompt
+from hone.synth.quality import EvalOverlap, NearDuplicates, why_ungrounded
+
+Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each, in order
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How much to ask for, per chunk."""
+
+    questions_per_style: int = 5
+    styles: tuple[str, ...] = tuple(QA_STYLES)
+    restatements: tuple[str, ...] = tuple(RESTATEMENTS)
+    samples: int = 1  # replies per prompt (a sampling generator writes different ones)
+    min_restatement_words: int = 12
+
+
+@dataclass(frozen=True)
+class Request:
+    chunk: Chunk
+    kind: str  # "qa" or "restatement"
+    template: str  # the QA style or the restatement kind
+    sample: int
+    prompt: str
+    key: str
+
+
+@dataclass
+class ChunkReport:
+    doc: str
+    chunk: int
+    heading: str
+    qa_kept: int = 0
+    restatements_kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    @property
+    def exposures(self) -> int:
+        """How many times training sees this chunk's facts: the text itself, each restatement, each pair."""
+        return 1 + self.restatements_kept + self.qa_kept
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "doc": self.doc, "chunk": self.chunk, "heading": self.heading, "qa_kept": self.qa_kept,
+            "restatements_kept": self.restatements_kept, "rejected": dict(self.rejected), "exposures": self.exposures,
+        }  # fmt: skip
+
+
+@dataclass
+class Synthesis:
+    qa_rows: list[dict[str, Any]]  # chat rows for SFT (and RL prompts), each with its source and evidence
+    text_rows: list[dict[str, Any]]  # text rows for continued pretraining: the chunks and their restatements
+    chunks: list[ChunkReport]
+
+
+def plan(chunks: list[Chunk], recipe: Recipe, generator: str) -> list[Request]:
+    requests = []
+    for chunk in chunks:
+        asks = [("qa", s, qa_prompt(s, chunk.text, recipe.questions_per_style)) for s in recipe.styles]
+        asks += [("restatement", k, restatement_prompt(k, chunk.text)) for k in recipe.restatements]
+        for kind, template, prompt in asks:
+            for sample in range(recipe.samples):
+                requests.append(Request(chunk, kind, template, sample, prompt, reply_key(chunk.text, generator, prompt, sample)))
+    return requests
+
+
+def missing(requests: list[Request], cache: ReplyCache) -> list[Request]:
+    return [r for r in requests if r.key not in cache]
+
+
+def fetch(todo: list[Request], generate: Generate, cache: ReplyCache, batch_size: int) -> Iterator[int]:
+    """Ask for the replies in `todo`, a batch at a time, caching each batch as it arrives (a kill loses
+    at most the batch in flight); yields how many were done after each batch, for a progress bar."""
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        replies = generate([r.prompt for r in batch])
+        if len(replies) != len(batch):
+            raise RuntimeError(f"the generator returned {len(replies)} replies for {len(batch)} prompts")
+        for request, reply in zip(batch, replies, strict=True):
+            cache.put(request.key, {"reply": reply})
+        yield len(batch)
+
+
+def assemble(chunks: list[Chunk], requests: list[Request], cache: ReplyCache, recipe: Recipe, heldout: EvalOverlap) -> Synthesis:
+    """Every cached reply parsed and filtered into rows, with a count of what was kept and why the rest was not."""
+    reports = {c.key: ChunkReport(c.doc, c.index, c.heading) for c in chunks}
+    out = Synthesis([], [{"text": c.text, "source": c.doc, "chunk": c.index, "kind": "original"} for c in chunks], [])
+    questions, restatements = NearDuplicates(), NearDuplicates()
+    for request in requests:
+        reply = str((cache.get(request.key) or {}).get("reply", ""))
+        report, chunk = reports[request.chunk.key], request.chunk
+        where = {"source": chunk.doc, "chunk": chunk.index}
+        if request.kind == "restatement":
+            text = parse_restatement(reply, recipe.min_restatement_words)
+            reason = "too short" if text is None else "near-duplicate" if restatements.seen(text) else None
+            if reason:
+                report.rejected[f"restatement {reason}"] += 1
+                continue
+            out.text_rows.append({"text": text, **where, "kind": request.template})
+            report.restatements_kept += 1
+            continue
+        pairs, malformed = parse_qa(reply)
+        report.rejected["malformed"] += malformed
+        for qa in pairs:
+            reason = why_ungrounded(qa.answer, qa.evidence, chunk.text)
+            if reason is None and heldout.overlaps(qa.question):
+                reason = "overlaps an evaluation question"
+            if reason is None and questions.seen(qa.question):
+                reason = "near-duplicate"
+            if reason:
+                report.rejected[reason] += 1
+                continue
+            messages = [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
+            out.qa_rows.append({"messages": messages, **where, "evidence": qa.evidence, "style": request.template})
+            report.qa_kept += 1
+    out.chunks = list(reports.values())
+    for report in out.chunks:
+        report.rejected = Counter({k: v for k, v in report.rejected.items() if v})
+    return out
+
+
+def by_document(chunks: list[ChunkReport]) -> dict[str, dict[str, Any]]:
+    """The per-chunk counts summed per document."""
+    docs: dict[str, dict[str, Any]] = {}
+    for c in chunks:
+        d = docs.setdefault(c.doc, {"chunks": 0, "qa_kept": 0, "restatements_kept": 0, "rejected": Counter(), "exposures": 0})
+        d["chunks"] += 1
+        d["qa_kept"] += c.qa_kept
+        d["restatements_kept"] += c.restatements_kept
+        d["rejected"].update(c.rejected)
+        d["exposures"] += c.exposures
+    return {doc: {**d, "rejected": dict(d["rejected"])} for doc, d in docs.items()}
