@@ -40,6 +40,11 @@ def _core(text: str) -> str:
     return normalize(text).strip(" .,;:!?\"'()[]")
 
 
+def _holds(text: str, phrase: str) -> bool:
+    """`phrase` occurs in `text` as whole words: "4410" is not found in "44100", nor "in" in "within"."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
 def why_ungrounded(answer: str, evidence: str, chunk: str) -> str | None:
     """None for a grounded item, else the reason it is rejected (the report counts these)."""
     core, source = _core(answer), normalize(chunk)
@@ -49,9 +54,9 @@ def why_ungrounded(answer: str, evidence: str, chunk: str) -> str | None:
         quote = _core(evidence)
         if quote not in source:
             return "evidence not in chunk"
-        if core not in quote:
+        if not _holds(quote, core):
             return "answer not in its evidence"
-    if core not in source:
+    if not _holds(source, core):
         return "answer not in chunk"
     return None
 

@@ -19,6 +19,8 @@ def test_a_planted_ungrounded_pair_is_rejected_with_its_reason():
     assert why_ungrounded("4410", "The helpdesk is open all night", CHUNK) == "evidence not in chunk"
     assert why_ungrounded("17:00", "Ilse Varnholt is our Chief Executive Officer", CHUNK) == "answer not in its evidence"
     assert why_ungrounded(" . ", "", CHUNK) == "empty answer"
+    assert why_ungrounded("441", "", CHUNK) == "answer not in chunk"  # a piece of a number is not the number
+    assert why_ungrounded("Chief", "Ilse Varnholt is our Chief Executive Officer", CHUNK) is None
 
 
 def test_a_question_that_copies_an_evaluation_question_is_dropped_and_others_are_kept():
