@@ -94,3 +94,18 @@ def test_every_process_of_an_embedded_run_asks_its_own_state_api(monkeypatch):
         own = f"http://{ray._private.worker.get_dashboard_url()}"
         asked = ray.get(ray.remote(num_cpus=0)(get_address_for_submission_client).remote(None))
     assert asked == own
+
+
+def test_the_embedded_clusters_http_api_listens_on_loopback_only():
+    """The dashboard (job submission, the state API: code execution for whoever reaches it) binds 127.0.0.1.
+    Ray 2.60's gRPC servers (GCS, raylet, workers) bind every interface whatever the node IP is; they
+    require the cluster's token, which hone makes owner-only (test_security)."""
+    import psutil
+    import ray
+
+    from hone.cluster.connect import ray_session
+
+    with ray_session(None):
+        port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
