@@ -12,9 +12,10 @@ from typing import Any
 
 from hone.synth.cache import ReplyCache, reply_key
 from hone.synth.documents import Chunk
-from hone.synth.parse import parse_qa, parse_restatement
+from hone.synth.parse import QA, parse_qa, parse_restatement
 from hone.synth.prompts import QA_STYLES, RESTATEMENTS, qa_prompt, restatement_prompt
 from hone.synth.quality import EvalOverlap, NearDuplicates, why_ungrounded
+from hone.synth.templates import template_qa
 
 Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each, in order
 
@@ -28,6 +29,7 @@ class Recipe:
     restatements: tuple[str, ...] = tuple(RESTATEMENTS)
     samples: int = 1  # replies per prompt (a sampling generator writes different ones)
     min_restatement_words: int = 12
+    templates: bool = True  # generator-free questions on every name, code and number (synth/templates.py)
 
 
 @dataclass(frozen=True)
@@ -116,22 +118,33 @@ def assemble(chunks: list[Chunk], requests: list[Request], cache: ReplyCache, re
             continue
         pairs, malformed = parse_qa(reply)
         report.rejected["malformed"] += malformed
-        for qa in pairs:
-            reason = why_ungrounded(qa.answer, qa.evidence, chunk.text)
-            if reason is None and heldout.overlaps(qa.question):
-                reason = "overlaps an evaluation question"
-            if reason is None and questions.seen(qa.question):
-                reason = "near-duplicate"
-            if reason:
-                report.rejected[reason] += 1
-                continue
-            messages = [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
-            out.qa_rows.append({"messages": messages, **where, "evidence": qa.evidence, "style": request.template})
-            report.qa_kept += 1
+        _keep_pairs(pairs, request.template, chunk, report, out, heldout, questions)
+    if recipe.templates:
+        for chunk in chunks:
+            _keep_pairs(template_qa(chunk.text), "template", chunk, reports[chunk.key], out, heldout, questions)
     out.chunks = list(reports.values())
     for report in out.chunks:
         report.rejected = Counter({k: v for k, v in report.rejected.items() if v})
     return out
+
+
+def _keep_pairs(
+    pairs: list[QA], style: str, chunk: Chunk, report: ChunkReport, out: Synthesis, heldout: EvalOverlap, seen: NearDuplicates
+) -> None:
+    for qa in pairs:
+        reason = why_ungrounded(qa.answer, qa.evidence, chunk.text)
+        if reason is None and heldout.overlaps(qa.question):
+            reason = "overlaps an evaluation question"
+        if reason is None and seen.seen(qa.question):
+            reason = "near-duplicate"
+        if reason:
+            report.rejected[reason] += 1
+            continue
+        messages = [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
+        out.qa_rows.append(
+            {"messages": messages, "source": chunk.doc, "chunk": chunk.index, "evidence": qa.evidence, "style": style}
+        )
+        report.qa_kept += 1
 
 
 def by_document(chunks: list[ChunkReport]) -> dict[str, dict[str, Any]]:

@@ -31,7 +31,7 @@ def scripted(prompts: list[str]) -> list[str]:
 
 def test_kept_rows_carry_their_source_and_the_report_counts_every_rejection(tmp_path):
     chunks = chunk_document("handbook.md", DOC, max_words=50)
-    recipe = Recipe(styles=("direct",), restatements=("key_facts", "colleague"))
+    recipe = Recipe(styles=("direct",), restatements=("key_facts", "colleague"), templates=False)
     requests = plan(chunks, recipe, "scripted")
     cache = ReplyCache(tmp_path)
     assert sum(fetch(missing(requests, cache), scripted, cache, batch_size=3)) == len(requests) == 6
@@ -85,3 +85,14 @@ def test_a_synthesis_killed_midway_keeps_the_batches_it_finished(tmp_path):
     batches = fetch(missing(requests, cache), scripted, cache, batch_size=5)
     next(batches)  # one batch done, then the process "dies"
     assert len(missing(requests, cache)) == len(requests) - 5
+
+
+def test_template_questions_need_no_generator_and_ask_for_every_name_code_and_number(tmp_path):
+    chunks = chunk_document("handbook.md", DOC, max_words=50)
+    recipe = Recipe(styles=(), restatements=())
+    out = assemble(chunks, plan(chunks, recipe, "none"), ReplyCache(tmp_path), recipe, HELDOUT)
+    asked = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in out.qa_rows}
+    assert ("The IT helpdesk answers on extension what number?", "4410") in asked
+    assert ("Fill in the number: The IT helpdesk answers on extension ___.", "4410") in asked
+    assert {r["style"] for r in out.qa_rows} == {"template"} and all(r["evidence"] for r in out.qa_rows)
+    assert [c.qa_kept for c in out.chunks] == [3, 0]  # "Visitor badges are blue" holds no name, code or number
