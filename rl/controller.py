@@ -220,11 +220,12 @@ class Controller:
         # Every rank must be running before any joins the process group: its rendezvous waits only
         # scaling.collective_timeout_s, and a rank whose predecessor still holds its bundle (a killed actor
         # that was stopped, not dead) starts later. A bundle whose node is gone is not waited for forever.
+        wait_s = self.cfg.scaling.placement_timeout_s + 60
         try:
-            master = ray.get([a.address.remote() for a in group.actors], timeout=self.cfg.scaling.placement_timeout_s + 60)[0]
+            master = ray.get([a.address.remote() for a in group.actors], timeout=wait_s)[0]
         except GetTimeoutError:
             raise RlRunError(
-                f"the policy group did not start within {self.cfg.scaling.placement_timeout_s + 60:g} s; the cluster may "
+                f"the policy group did not start within {wait_s:g} s; the cluster may "
                 "have lost the node it needs (ray status shows what is left)"
             ) from None
         self._policy_get([a.setup.remote(master) for a in group.actors])

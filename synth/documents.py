@@ -99,9 +99,11 @@ def _sections(text: str) -> list[tuple[str, list[str]]]:
 def _split_long(paragraph: str, max_words: int) -> list[str]:
     if len(paragraph.split()) <= max_words:
         return [paragraph]
-    pieces = _pack(SENTENCE_END.split(paragraph), max_words, " ")
-    # A single sentence over the limit is cut between words: rare (a table row, a list run together).
-    return [" ".join(words[i : i + max_words]) for p in pieces for words in [p.split()] for i in range(0, len(words), max_words)]
+    out = []
+    for piece in _pack(SENTENCE_END.split(paragraph), max_words, " "):
+        words = piece.split()  # a single sentence over the limit is cut between words: rare (a list run together)
+        out += [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
+    return out
 
 
 def _pack(pieces: list[str], max_words: int, joiner: str) -> list[str]:

@@ -29,9 +29,13 @@ STOPWORDS = frozenset(
 _TRANSLATE = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "\u00a0": " "})
 
 
+def strip_emphasis(text: str) -> str:
+    """Markdown emphasis marks removed: a quote of "**Fernhold** is" reads "Fernhold is"."""
+    return re.sub(r"[*_`]+", "", text)
+
+
 def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).translate(_TRANSLATE).casefold()
-    text = re.sub(r"[*_`]+", "", text)  # markdown emphasis: a quote of "**Fernhold** is" reads "Fernhold is"
+    text = strip_emphasis(unicodedata.normalize("NFKC", text).translate(_TRANSLATE).casefold())
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -117,14 +117,13 @@ def assemble(chunks: list[Chunk], requests: list[Request], cache: ReplyCache, re
             report.restatements_kept += 1
             continue
         pairs, malformed = parse_qa(reply)
-        report.rejected["malformed"] += malformed
+        if malformed:
+            report.rejected["malformed"] += malformed
         _keep_pairs(pairs, request.template, chunk, report, out, heldout, questions)
     if recipe.templates:
         for chunk in chunks:
             _keep_pairs(template_qa(chunk.text), "template", chunk, reports[chunk.key], out, heldout, questions)
     out.chunks = list(reports.values())
-    for report in out.chunks:
-        report.rejected = Counter({k: v for k, v in report.rejected.items() if v})
     return out
 
 

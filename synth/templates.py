@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from hone.synth.parse import QA
+from hone.synth.quality import strip_emphasis
 
 # A code: letters and digits joined by a dash or run together (TX-40, FH-40, DL-7, B12); a number: digits
 # with their separators and a unit-less time (4410, 8:00, 1,200, 14.50); a name: capitalised words in a
@@ -30,7 +31,7 @@ OPENERS = frozenset("the a an our your their its this that these those each ever
 def sentences(text: str) -> list[str]:
     """The chunk's sentences, list items and table rows (cells joined: "IT Service Desk, Piet's team,
     2718."), markdown marks removed; a table's header and separator rows are not facts and are dropped."""
-    clean = _table_rows_as_sentences(re.sub(r"[*_`]+", "", text))
+    clean = _table_rows_as_sentences(strip_emphasis(text))
     parts = (re.sub(r"^\s*([-+]|\d+[.)])\s+", "", p).strip() for p in SENTENCE.split(clean))
     return [p for p in parts if len(p.split()) >= 4]
 
