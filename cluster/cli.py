@@ -121,12 +121,27 @@ def validate(cfg: HoneConfig, check_output_dir: bool = True) -> int:
         print(f"# output_dir {run_dir}: {STATES[state]}")
     if cfg.mode == "rl":
         return validate_rl(cfg)
+    if cfg.mode == "synth":
+        return validate_synth(cfg)
     from hone.training.prepare import prepare
 
     prepared = prepare(cfg)
     print("# resolved config")
     print(to_yaml(cfg))
     print(format_stats(prepared.summary(), cfg))
+    return 0
+
+
+def validate_synth(cfg: HoneConfig) -> int:
+    """The documents read and chunked, the questions to keep out read, the generator named; none started."""
+    from hone.cluster.synth_run import prepare_synth
+
+    prepared = prepare_synth(cfg)
+    docs = sorted({c.doc for c in prepared.chunks})
+    print("# resolved config")
+    print(to_yaml(cfg))
+    print(f"# documents: {len(docs)} ({', '.join(docs[:5])}{' ...' if len(docs) > 5 else ''}), {len(prepared.chunks)} chunks")
+    print(f"# generator: {prepared.generator.split('|')[0]}; keeping out {len(prepared.eval_questions)} evaluation questions")
     return 0
 
 

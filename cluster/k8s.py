@@ -91,7 +91,7 @@ def render(config: str | Path, overrides: list[str], opts: RenderOptions, header
     if answer_eval:  # the pipeline's held-out questions travel with its stages' data
         extra["eval"] = map_paths(
             dataclasses.asdict(answer_eval),
-            lambda key, value, kind, _: bundle.add(Path(value), f"{out.name}/eval/{Path(value).name}", f"eval.{key}"),
+            lambda key, value, kind, _: value and bundle.add(Path(value), f"{out.name}/eval/{Path(value).name}", f"eval.{key}"),
             AnswerEval,
         )
     text = _config_text(shipped, opts, out, extra)
@@ -193,6 +193,8 @@ def ship_config(cfg: HoneConfig, bundle: Bundle, opts: RenderOptions, pipeline_o
     where = f"{pipeline_out.name}/" if pipeline_out else ""
 
     def ship(key: str, value: Any, kind: PathKind, section: dict[str, Any]) -> Any:
+        if kind == "output" and not value:  # synth.cache_dir: the default place, on whichever node runs it
+            return value
         if kind == "output":
             return value if bundle.on_volume(value) else f"{opts.runs_mount}/{where}{Path(value).name}"
         if kind == "storage":  # checkpoints: empty means under output_dir

@@ -15,6 +15,8 @@ and resumes the first unfinished one, because each stage is a normal run that re
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
 from hone.cluster.rundir import run_dir_lock, trained_on_an_older_model
 from hone.training.config import (
+    STAGE_REF,
     ConfigError,
     HoneConfig,
     apply_override,
     build,
     config_from_raw,
     from_dict,
+    map_paths,
     path_field,
     read_raw,
     read_yaml,
@@ -46,6 +50,9 @@ class AnswerEval:
     loss, answers, reward); this table measures one thing across all of them."""
 
     data: str = path_field("data")  # jsonl of messages / prompt_completion rows; optional `key_fact` and `group` fields
+    # More questions of the same kind, such as a synth stage's document-recall probes ("@synth/probes.jsonl");
+    # read when the first stage that trains starts, since a stage before it may write them.
+    probes: str = path_field("data")
     max_new_tokens: int = 24
     max_samples: int = 0  # 0: every row
     batch_size: int = 16
@@ -66,6 +73,7 @@ class PipelineFile:
 class Stage:
     name: str
     config: HoneConfig  # model.source still says "previous" where it chains
+    reads: tuple[str, ...] = ()  # files an earlier stage writes ("@synth/qa.jsonl", resolved to its run dir)
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,12 @@ def pipeline_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] = ()
     if spec.eval is not None:
         _check_answer_spec(spec.eval, path)
     out = Path(spec.output_dir or f"runs/{path.stem}")
-    return Pipeline(path, out, _stages(spec, out, path), spec.eval)
+    stages = _stages(spec, out, path)
+    answer_eval = spec.eval
+    if answer_eval is not None and answer_eval.probes.startswith(STAGE_REF):
+        done = {s.name: Path(s.config.output_dir) for s in stages}
+        answer_eval = replace(answer_eval, probes=str(_stage_file(answer_eval.probes, done, f"{path}: eval.probes")))
+    return Pipeline(path, out, stages, answer_eval)
 
 
 def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
@@ -131,6 +144,7 @@ def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
         wandb = merged.get("tracking", {}).get("wandb", {})
         if wandb.get("project") and not wandb.get("group"):
             wandb["group"] = out.name  # a pipeline is one W&B group, a run per stage
+        reads = _resolve_stage_refs(merged, {s.name: Path(s.config.output_dir) for s in stages}, where)
         try:
             config = from_dict(merged)
         except ConfigError as err:
@@ -139,8 +153,33 @@ def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
             raise ConfigError(f"{where}: model.source: previous needs a stage before it, and this is the first stage")
         if any(s.name == name for s in stages):
             raise ConfigError(f"{where}: another stage is already named {name!r}; give each stage its own name:")
-        stages.append(Stage(name, config))
+        stages.append(Stage(name, config, tuple(reads)))
     return stages
+
+
+def _resolve_stage_refs(raw: dict[str, Any], earlier: dict[str, Path], where: str) -> list[str]:
+    """Replace, in place, every "@stage/file" data path of a stage by that file's path; returns them."""
+    reads: list[str] = []
+
+    def ref(key: str, value: Any, kind: str, section: dict[str, Any]) -> Any:
+        if kind != "data" or not isinstance(value, str) or not value.startswith(STAGE_REF):
+            return value
+        reads.append(str(_stage_file(value, earlier, f"{where}: {key}")))
+        return reads[-1]
+
+    map_paths(raw, ref)
+    return reads
+
+
+def _stage_file(value: str, earlier: dict[str, Path], where: str) -> Path:
+    """The file "@stage/name" points at: `name` inside that earlier stage's run dir."""
+    stage, _, file = value[len(STAGE_REF) :].partition("/")
+    if stage not in earlier or not file:
+        known = ", ".join(earlier) or "none"
+        raise ConfigError(
+            f"{where}={value!r}: a stage's file is named @STAGE/FILE with STAGE an earlier stage (earlier stages: {known})"
+        )
+    return earlier[stage] / file
 
 
 def _stage_raw(entry: Any, index: int, path: Path) -> tuple[dict[str, Any], str]:
@@ -165,12 +204,17 @@ def _with_model(cfg: HoneConfig, source: str) -> HoneConfig:
 
 
 def chained(stages: list[Stage]) -> list[HoneConfig]:
-    """Each stage's config with `previous` replaced by the previous stage's model export."""
-    configs = []
+    """Each stage's config with `previous` replaced by the previous stage's model export; a synth stage
+    exports no model, so after one `previous` is the model that stage was given."""
+    configs: list[HoneConfig] = []
     for index, stage in enumerate(stages):
         cfg = stage.config
         if cfg.model.source == PREVIOUS:
-            cfg = _with_model(cfg, str(Path(stages[index - 1].config.output_dir).expanduser().resolve() / "model"))
+            before = configs[index - 1]
+            given = (
+                before.model.source if before.mode == "synth" else str(Path(before.output_dir).expanduser().resolve() / "model")
+            )
+            cfg = _with_model(cfg, given)
         configs.append(cfg)
     return configs
 
@@ -181,6 +225,12 @@ def check_stages(stages: list[Stage]) -> None:
     first = stages[0].config.model.source
     for stage in stages:
         cfg = stage.config
+        unwritten = [f for f in stage.reads if not Path(f).exists()]
+        if unwritten:  # written by an earlier stage of this run: checked when this stage starts
+            print(
+                f"hone: pipeline: {stage.name} reads {', '.join(unwritten)}, checked once an earlier stage writes it", flush=True
+            )
+            continue
         prepare_any(_with_model(cfg, first) if cfg.model.source == PREVIOUS else cfg)
 
 
@@ -192,9 +242,11 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
     answers: dict[str, dict[str, float]] = {}
     with run_dir_lock(out), ray_session(address):  # answers.json and pipeline.json: one pipeline run at a time
         out.mkdir(parents=True, exist_ok=True)
-        if answer_eval and questions:
-            answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
+            if answer_eval and questions and "base" not in answers and cfg.mode != "synth":
+                # asked right before the first stage that trains: a synth stage before it writes the probes
+                questions = with_probes(questions, answer_eval)
+                answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
             print(f"\nhone: pipeline stage {index + 1}/{len(stages)}: {stage.name} ({cfg.mode}) -> {cfg.output_dir}", flush=True)
             if stage.config.model.source == PREVIOUS and trained_on_an_older_model(cfg):
                 # The stage before was trained again (in this run or by hand): this stage's result is
@@ -205,7 +257,7 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
             results.append(
                 {"name": stage.name, "mode": cfg.mode, "run_dir": str(Path(cfg.output_dir).resolve())} | {"eval": summary["eval"]}
             )
-            if answer_eval and questions:
+            if answer_eval and questions and cfg.mode != "synth":
                 model = str(Path(cfg.output_dir).resolve() / "model")
                 answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, questions)
             _write(out, stages, results, answers)
@@ -230,6 +282,18 @@ def check_answer_eval(spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
     return fmt, rows[: spec.max_samples] if spec.max_samples else rows
 
 
+def with_probes(questions: tuple[str, list[dict[str, Any]]], spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
+    """The eval questions and, when `eval.probes` names a file, its rows after them (same format needed)."""
+    if not spec.probes:
+        return questions
+    probes = check_answer_eval(replace(spec, data=spec.probes, max_samples=0))
+    if probes[0] != questions[0]:
+        raise ConfigError(
+            f"eval.probes {spec.probes} holds {probes[0]!r} rows but eval.data holds {questions[0]!r}; use one format"
+        )
+    return questions[0], questions[1] + probes[1]
+
+
 def _answers(
     out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec: AnswerEval, questions: tuple[str, list[dict[str, Any]]]
 ) -> dict[str, float]:
@@ -245,13 +309,14 @@ def _answers(
     model = model_dir or resolve_source(cfg.model.source)
     # Keyed by what the model is now, not by the stage's name: a retrained stage is asked again.
     key = fingerprint(Path(model)) if Path(model).exists() else model
-    if isinstance(done.get(name), dict) and done[name].get("model") == key:
+    asked = hashlib.sha256(json.dumps(questions[1], sort_keys=True).encode()).hexdigest()[:16]  # probes may join later
+    if isinstance(done.get(name), dict) and done[name].get("model") == key and done[name].get("questions", asked) == asked:
         return done[name]["scores"]
     settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
     eval_cfg = replace(cfg, mode="sft", eval=settings)
     print(f"hone: pipeline: {name}: answering {len(questions[1])} held-out questions ...", flush=True)
     task = worker_task(answer_metrics, cfg.scaling)
-    done[name] = {"model": key, "scores": ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))}
+    done[name] = {"model": key, "questions": asked, "scores": ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))}
     write_json(cache, done, indent=2)
     return done[name]["scores"]
 

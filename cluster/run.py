@@ -3,7 +3,8 @@
     hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
 
 pretrain, sft, dpo and reward train on a Ray Train worker group (cluster/train_run.py); rl runs the
-actor-based loop (cluster/rl_run.py). Both read top to bottom from there.
+actor-based loop (cluster/rl_run.py); synth turns documents into training data (cluster/synth_run.py).
+Each reads top to bottom from there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def run(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS)
             from hone.cluster.rl_run import run_rl
 
             return run_rl(cfg, address, hooks)
+        if cfg.mode == "synth":
+            from hone.cluster.synth_run import run_synth
+
+            return run_synth(cfg, address, hooks)
         from hone.cluster.train_run import run_train
 
         return run_train(cfg, address, hooks)
@@ -35,6 +40,10 @@ def prepare_any(cfg: HoneConfig) -> Any:
         from hone.rl.prepare import prepare_rl
 
         return prepare_rl(cfg)
+    if cfg.mode == "synth":
+        from hone.cluster.synth_run import prepare_synth
+
+        return prepare_synth(cfg)
     from hone.training.prepare import prepare
 
     return prepare(cfg)

@@ -321,7 +321,8 @@ def newest_committed(folder: Path | None) -> str | None:
 def finish_run(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write summary.json (which marks the run finished) and print the table."""
     write_json(run_dir / "summary.json", summary, indent=2)
-    print(format_table(summary))
+    if summary["eval"]["before"]:  # a synth run trains no model: it has nothing to compare
+        print(format_table(summary))
 
 
 def finished_run(run_dir: Path) -> dict[str, Any]:
@@ -338,5 +339,6 @@ def format_table(summary: dict[str, Any]) -> str:
     for key in before:
         b, a = before[key], after.get(key, float("nan"))
         lines.append(f"{key:<18}{b:>12.4f}{a:>12.4f}{a - b:>+12.4f}")
-    lines.append(f"model: {summary['model_path']}")
+    if summary.get("model_path"):
+        lines.append(f"model: {summary['model_path']}")
     return "\n".join(lines)

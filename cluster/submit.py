@@ -137,8 +137,8 @@ def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
     absolute path: it names a folder on the cluster (shared storage for a multi-node run)."""
 
     def ship(key: str, value: Any, kind: PathKind, section: dict[str, Any]) -> Any:
-        if kind == "output":
-            return str(Path(value).expanduser().resolve())
+        if kind == "output":  # an empty synth.cache_dir is the default place, on whichever node runs it
+            return str(Path(value).expanduser().resolve()) if value else value
         if kind == "module":
             return shipment.add_module(value, section["function"], key)
         if kind == "data" and isinstance(value, str):
@@ -170,7 +170,7 @@ def ship_pipeline(pipeline: Pipeline, shipment: _Shipment) -> dict[str, Any]:
     raw: dict[str, Any] = {"output_dir": str(pipeline.output_dir.expanduser().resolve()), "stages": shipped}
     if pipeline.eval:
         questions = dataclasses.asdict(pipeline.eval)
-        raw["eval"] = map_paths(questions, lambda key, value, kind, _: shipment.add(value, f"eval.{key}"), AnswerEval)
+        raw["eval"] = map_paths(questions, lambda key, value, kind, _: value and shipment.add(value, f"eval.{key}"), AnswerEval)
     return raw
 
 

@@ -34,6 +34,22 @@ def strip_emphasis(text: str) -> str:
     return re.sub(r"[*_`]+", "", text)
 
 
+def table_rows_as_sentences(text: str) -> str:
+    """Each table row as its cells joined ("| IT Service Desk | 2718 |" -> "IT Service Desk, 2718."), the header
+    and separator rows dropped: how a quote of a table row reads, and how the templates read a table."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith("|"):
+            out.append(line)
+            continue
+        separator = re.fullmatch(r"\s*\|?[\s:|-]+\|?\s*", line) is not None
+        header = i + 1 < len(lines) and re.fullmatch(r"\s*\|?[\s:|-]+\|?\s*", lines[i + 1]) is not None
+        if not (separator or header):
+            out.append(", ".join(c.strip() for c in line.strip().strip("|").split("|") if c.strip()) + ".")
+    return "\n".join(out)
+
+
 def normalize(text: str) -> str:
     text = strip_emphasis(unicodedata.normalize("NFKC", text).translate(_TRANSLATE).casefold())
     return re.sub(r"\s+", " ", text).strip()
@@ -56,7 +72,7 @@ def why_ungrounded(answer: str, evidence: str, chunk: str) -> str | None:
         return "empty answer"
     if evidence.strip():
         quote = _core(evidence)
-        if quote not in source:
+        if quote not in source and quote not in normalize(table_rows_as_sentences(chunk)):
             return "evidence not in chunk"
         if not _holds(quote, core):
             return "answer not in its evidence"

@@ -14,8 +14,8 @@ from hone.synth.cache import ReplyCache, reply_key
 from hone.synth.documents import Chunk
 from hone.synth.parse import QA, parse_qa, parse_restatement
 from hone.synth.prompts import QA_STYLES, RESTATEMENTS, qa_prompt, restatement_prompt
-from hone.synth.quality import EvalOverlap, NearDuplicates, why_ungrounded
-from hone.synth.templates import template_qa
+from hone.synth.quality import EvalOverlap, NearDuplicates, normalize, why_ungrounded
+from hone.synth.templates import template_qa, template_restatements
 
 Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each, in order
 
@@ -30,6 +30,9 @@ class Recipe:
     samples: int = 1  # replies per prompt (a sampling generator writes different ones)
     min_restatement_words: int = 12
     templates: bool = True  # generator-free questions on every name, code and number (synth/templates.py)
+    # The pairs kept per answer: a name the documents repeat everywhere ("Kiln House") would otherwise take
+    # the training budget from the facts stated once.
+    max_pairs_per_answer: int = 6
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def assemble(chunks: list[Chunk], requests: list[Request], cache: ReplyCache, re
     reports = {c.key: ChunkReport(c.doc, c.index, c.heading) for c in chunks}
     out = Synthesis([], [{"text": c.text, "source": c.doc, "chunk": c.index, "kind": "original"} for c in chunks], [])
     questions, restatements = NearDuplicates(), NearDuplicates()
+    answers: Counter = Counter()
     for request in requests:
         reply = str((cache.get(request.key) or {}).get("reply", ""))
         report, chunk = reports[request.chunk.key], request.chunk
@@ -119,16 +123,27 @@ def assemble(chunks: list[Chunk], requests: list[Request], cache: ReplyCache, re
         pairs, malformed = parse_qa(reply)
         if malformed:
             report.rejected["malformed"] += malformed
-        _keep_pairs(pairs, request.template, chunk, report, out, heldout, questions)
+        _keep_pairs(pairs, request.template, chunk, report, out, heldout, questions, answers, recipe)
     if recipe.templates:
         for chunk in chunks:
-            _keep_pairs(template_qa(chunk.text), "template", chunk, reports[chunk.key], out, heldout, questions)
+            for kind, text in template_restatements(chunk.text):
+                out.text_rows.append({"text": text, "source": chunk.doc, "chunk": chunk.index, "kind": kind})
+                reports[chunk.key].restatements_kept += 1
+            _keep_pairs(template_qa(chunk.text), "template", chunk, reports[chunk.key], out, heldout, questions, answers, recipe)
     out.chunks = list(reports.values())
     return out
 
 
 def _keep_pairs(
-    pairs: list[QA], style: str, chunk: Chunk, report: ChunkReport, out: Synthesis, heldout: EvalOverlap, seen: NearDuplicates
+    pairs: list[QA],
+    style: str,
+    chunk: Chunk,
+    report: ChunkReport,
+    out: Synthesis,
+    heldout: EvalOverlap,
+    seen: NearDuplicates,
+    answers: Counter,
+    recipe: Recipe,
 ) -> None:
     for qa in pairs:
         reason = why_ungrounded(qa.answer, qa.evidence, chunk.text)
@@ -136,6 +151,8 @@ def _keep_pairs(
             reason = "overlaps an evaluation question"
         if reason is None and seen.seen(qa.question):
             reason = "near-duplicate"
+        if reason is None and answers[normalize(qa.answer)] >= recipe.max_pairs_per_answer:
+            reason = "answer asked enough already"
         if reason:
             report.rejected[reason] += 1
             continue
@@ -144,6 +161,7 @@ def _keep_pairs(
             {"messages": messages, "source": chunk.doc, "chunk": chunk.index, "evidence": qa.evidence, "style": style}
         )
         report.qa_kept += 1
+        answers[normalize(qa.answer)] += 1
 
 
 def by_document(chunks: list[ChunkReport]) -> dict[str, dict[str, Any]]:

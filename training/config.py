@@ -76,6 +76,7 @@ def parse_yaml(text: str) -> Any:
 #   data    a data file or folder (a list field holds several)   model    a local model or a hub id
 #   module  the folder a reward function is imported from        output   a run dir (made on the cluster)
 #   storage checkpoint storage: an absolute shared path or a URI
+STAGE_REF = "@"  # a data path "@synth/qa.jsonl": the file qa.jsonl in the run dir of the pipeline stage "synth"
 PathKind = Literal["data", "model", "module", "output", "storage"]
 
 
@@ -286,6 +287,47 @@ class RlConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """Who writes the model-written items of a synth run (the template questions need no one)."""
+
+    # tuned: the model being tuned (model.source); none: no generator, only the generator-free template
+    # questions and restatements; or a local model directory, a .gguf file or a hub id.
+    source: str = path_field("model", "tuned")
+    # An OpenAI-compatible endpoint instead (vLLM's server, `transformers serve`, a hosted API): its URL up
+    # to /v1, the model name it serves, and the environment variable holding its key (never the key).
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    # A local generator runs as a pool of Ray actors, each with these resources.
+    num_workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_new_tokens: int = 384
+    temperature: float = 0.7
+    batch_size: int = 8  # prompts per generate call (local) or in flight at once (endpoint)
+
+
+SYNTH_STYLES = ("direct", "indirect", "wh", "scenario")
+SYNTH_RESTATEMENTS = ("key_facts", "colleague", "reordered", "relations")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """mode synth: documents (data.train) -> checked question/answer and text rows (hone.synth)."""
+
+    chunk_words: int = 180
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    styles: list[str] = field(default_factory=lambda: list(SYNTH_STYLES))
+    questions_per_style: int = 5
+    restatements: list[str] = field(default_factory=lambda: list(SYNTH_RESTATEMENTS))
+    samples: int = 1  # replies per prompt
+    templates: bool = True  # generator-free questions on every name, code, number, date and amount
+    max_pairs_per_answer: int = 6
+    # Replies are cached here by content (chunk text, generator, prompt): "" is ~/.cache/hone/synth.
+    cache_dir: str = path_field("output", "")
+
+
+@dataclass(frozen=True)
 class SearchDim:
     """One dimension of a tuning search space."""
 
@@ -319,7 +361,7 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class HoneConfig:
-    mode: Literal["pretrain", "sft", "dpo", "reward", "rl"] = "sft"
+    mode: Literal["pretrain", "sft", "dpo", "reward", "rl", "synth"] = "sft"
     output_dir: str = path_field("output", "runs/latest")
     # Replace an output dir that holds a different run (one hone made). Without it hone refuses and touches
     # nothing. The same run again always resumes. Never saved in config.yaml nor shipped with a job.
@@ -336,6 +378,7 @@ class HoneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     rl: RlConfig = field(default_factory=RlConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -442,7 +485,8 @@ def resolve_paths(raw: dict[str, Any], base: Path, cls: type | None = None) -> d
 
 
 def _rebase(value: Any, base: Path) -> Any:
-    if not isinstance(value, str) or Path(value).is_absolute():
+    # "@stage/file" names a file an earlier pipeline stage writes (cluster/pipeline.py resolves it)
+    if not isinstance(value, str) or Path(value).is_absolute() or value.startswith(STAGE_REF):
         return value
     return str((base / value).resolve())
 
@@ -621,6 +665,8 @@ def check(cfg: HoneConfig) -> None:
     _check_storage(cfg)
     if cfg.mode == "rl":
         _check_rl(cfg)
+    if cfg.mode == "synth":
+        _check_synth(cfg)
 
 
 STORAGE_SCHEMES = ("s3://", "gs://")
@@ -651,6 +697,33 @@ def _check_storage(cfg: HoneConfig) -> None:
         "scaling.storage_path",
         value,
         "mode rl keeps its checkpoints in output_dir/checkpoints; leave storage_path empty and put output_dir on a shared filesystem",
+    )
+
+
+def _check_synth(cfg: HoneConfig) -> None:
+    s, g = cfg.synth, cfg.synth.generator
+    _positive(cfg, "synth.chunk_words", "synth.samples", "synth.max_pairs_per_answer", "synth.generator.num_workers")
+    _positive(cfg, "synth.generator.max_new_tokens", "synth.generator.batch_size")
+    _non_negative(cfg, "synth.questions_per_style", "synth.generator.cpus", "synth.generator.gpus", "synth.generator.temperature")
+    for key, given, known in (
+        ("synth.styles", s.styles, SYNTH_STYLES),
+        ("synth.restatements", s.restatements, SYNTH_RESTATEMENTS),
+    ):
+        unknown = [v for v in given if v not in known]
+        _require(not unknown, key, unknown, f"choose from {', '.join(known)}")
+    if g.base_url:
+        _require(
+            g.base_url.startswith(("http://", "https://")),
+            "synth.generator.base_url",
+            g.base_url,
+            "give the URL up to /v1, e.g. http://127.0.0.1:8000/v1",
+        )
+        _require(bool(g.model), "synth.generator.model", g.model, "name the model the endpoint serves")
+    _require(
+        bool(s.templates or (g.source != "none" or g.base_url)),
+        "synth.templates",
+        False,
+        "with generator.source: none the templates are the only items; keep templates: true",
     )
 
 

@@ -1,0 +1,197 @@
+"""`hone run` with mode synth: a folder of documents becomes checked training data.
+
+    hone run synth.yaml          # mode: synth, data.train: [docs/], data.eval: [my_eval.jsonl]
+
+Reads top to bottom: read and chunk the documents (no Ray yet) -> claim the run dir -> ask the generator
+for every reply the cache lacks (a Ray actor pool for a local model, HTTP for an endpoint, nothing for the
+templates), with a progress bar -> parse, ground and filter every item -> write the data files and the
+report. A rerun reuses the cached replies, so a killed run resumes where it stopped.
+
+The run dir then holds ordinary files a user can read, edit and train on:
+    qa.jsonl      chat rows (messages, source, chunk, evidence, style) for sft and rl prompts
+    text.jsonl    text rows (text, source, chunk, kind) for pretrain: the chunks and their restatements
+    probes.jsonl  document-recall probes, held out of qa.jsonl (group: doc_recall), for a pipeline's eval
+    report.json / report.md   per document and per chunk: kept, rejected and why, exposures
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hone.cluster.connect import ray_session
+from hone.cluster.hooks import NO_HOOKS, RunHooks
+from hone.cluster.rundir import claim, finish_run, finished_run, inspect
+from hone.synth.cache import ReplyCache
+from hone.synth.documents import Chunk, chunk_document, read_documents
+from hone.synth.probes import doc_recall_probes
+from hone.synth.quality import EvalOverlap
+from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, missing, plan
+from hone.training.config import HoneConfig
+from hone.training.data import DataError, load_rows
+from hone.training.files import write_json, write_text
+
+FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "probes": "probes.jsonl"}
+
+
+@dataclass(frozen=True)
+class PreparedSynth:
+    chunks: list[Chunk]
+    eval_questions: list[str]  # what the synthesis must not write (data.eval), read before anything runs
+    recipe: Recipe
+    generator: str  # its identity in the cache key; "none" for the templates alone
+
+
+def prepare_synth(cfg: HoneConfig) -> PreparedSynth:
+    """The documents, chunked, and the evaluation questions to keep out; a DataError naming the folder
+    when nothing is readable. No Ray, no model: `hone validate` runs exactly this."""
+    chunks: list[Chunk] = []
+    for source in cfg.data.train:
+        for doc, text in read_documents(Path(source)).items():
+            chunks += chunk_document(doc, text, cfg.synth.chunk_words)
+    if not chunks:
+        raise DataError(f"data.train {cfg.data.train}: the documents hold no text to synthesise from")
+    questions = [] if isinstance(cfg.data.eval, float) else [_question(r) for r in load_rows(cfg.data.eval)]
+    return PreparedSynth(chunks, [q for q in questions if q], _recipe(cfg), _generator_id(cfg))
+
+
+def _question(row: dict[str, Any]) -> str:
+    """The user turn of an evaluation row, whatever its format."""
+    for key in ("question", "prompt", "instruction"):
+        if isinstance(row.get(key), str):
+            return row[key]
+    messages = row.get("messages") or row.get("prompt") or []
+    return next((m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
+
+
+def _recipe(cfg: HoneConfig) -> Recipe:
+    s, asks = cfg.synth, _has_generator(cfg)
+    return Recipe(
+        questions_per_style=s.questions_per_style,
+        styles=tuple(s.styles) if asks else (),
+        restatements=tuple(s.restatements) if asks else (),
+        samples=s.samples,
+        templates=s.templates,
+        max_pairs_per_answer=s.max_pairs_per_answer,
+    )
+
+
+def _has_generator(cfg: HoneConfig) -> bool:
+    return bool(cfg.synth.generator.base_url) or cfg.synth.generator.source != "none"
+
+
+def _generator_id(cfg: HoneConfig) -> str:
+    g = cfg.synth.generator
+    if g.base_url:
+        who = f"{g.base_url.rstrip('/')}|{g.model}"
+    elif g.source == "none":
+        return "none"
+    else:
+        who = cfg.model.source if g.source == "tuned" else g.source
+    return f"{who}|max_new_tokens={g.max_new_tokens}|temperature={g.temperature}"
+
+
+def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
+    prepared = prepare_synth(cfg)
+    run_dir, state = inspect(cfg)
+    if state == "finished":
+        return finished_run(run_dir)
+    started = time.time()
+    cache = ReplyCache(Path(cfg.synth.cache_dir or Path.home() / ".cache/hone/synth").expanduser())
+    requests = plan(prepared.chunks, prepared.recipe, prepared.generator)
+    todo = missing(requests, cache)
+    needs_ray = bool(todo) and not cfg.synth.generator.base_url
+    with ray_session(address) if needs_ray else nullcontext():
+        run_dir, state = claim(cfg)
+        print(
+            f"hone: synth run in {run_dir}: {len(prepared.chunks)} chunks, {len(requests)} generator replies "
+            f"({len(requests) - len(todo)} cached), generator {prepared.generator.split('|')[0]}",
+            flush=True,
+        )
+        if todo:
+            with _generator(cfg) as generate:
+                _fetch_with_progress(todo, generate, cache, cfg.synth.generator.batch_size)
+    probes = doc_recall_probes(prepared.chunks, cfg.seed)
+    keep_out = EvalOverlap(prepared.eval_questions + [p["messages"][0]["content"] for p in probes])
+    synthesis = assemble(prepared.chunks, requests, cache, prepared.recipe, keep_out)
+    summary = _write_outputs(run_dir, synthesis, probes, cfg, time.time() - started)
+    finish_run(run_dir, summary)
+    return summary
+
+
+@contextmanager
+def _generator(cfg: HoneConfig) -> Iterator[Callable[[list[str]], list[str]]]:
+    """The generator as a function of prompts: an endpoint, or a pool of local actors shut down after."""
+    g = cfg.synth.generator
+    if g.base_url:
+        from hone.synth.endpoint import Endpoint
+
+        endpoint = Endpoint(g.base_url, g.model, g.api_key_env, g.max_new_tokens, g.temperature, g.batch_size)
+        endpoint.key()  # a missing key variable fails here, before any request
+        yield endpoint.generate
+        return
+    from hone.synth.local import LocalPool, LocalSettings
+    from hone.training.models import resolve_source
+
+    source = resolve_source(cfg.model.source if g.source == "tuned" else g.source)
+    settings = LocalSettings(source, g.max_new_tokens, g.temperature, batch_size=g.batch_size, seed=cfg.seed)
+    pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
+    try:
+        yield pool.generate
+    finally:
+        pool.shutdown()
+
+
+def _fetch_with_progress(todo: list[Any], generate: Callable[[list[str]], list[str]], cache: ReplyCache, batch: int) -> None:
+    from tqdm.auto import tqdm
+
+    # One call per pool-wide batch: every actor gets `batch` prompts of it.
+    with tqdm(total=len(todo), desc="synthesis", unit="reply") as bar:
+        for done in fetch(todo, generate, cache, batch):
+            bar.update(done)
+
+
+def _write_outputs(run_dir: Path, s: Synthesis, probes: list[dict[str, Any]], cfg: HoneConfig, seconds: float) -> dict[str, Any]:
+    for name, rows in (("qa", s.qa_rows), ("text", s.text_rows), ("probes", probes)):
+        write_text(run_dir / FILES[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    chunks = [c.as_dict() for c in s.chunks]
+    documents = by_document(s.chunks)
+    write_json(run_dir / "report.json", {"documents": documents, "chunks": chunks}, indent=2)
+    write_text(run_dir / "report.md", format_report(documents, chunks))
+    counts = {"qa_rows": len(s.qa_rows), "text_rows": len(s.text_rows), "probes": len(probes), "chunks": len(chunks)}
+    print(
+        f"hone: synth: {counts['qa_rows']} question/answer rows, {counts['text_rows']} text rows, {counts['probes']} "
+        f"probes from {counts['chunks']} chunks -> {run_dir} (report.md says what was kept and why)",
+        flush=True,
+    )
+    files = {k: str(run_dir / v) for k, v in FILES.items()}
+    return {"mode": "synth", "eval": {"before": {}, "after": counts}, "files": files, "model_path": "", "seconds": seconds}
+
+
+def format_report(documents: dict[str, dict[str, Any]], chunks: list[dict[str, Any]]) -> str:
+    """report.md: one line per document, then one per chunk."""
+
+    def why(rejected: dict[str, int]) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1])) or "-"
+
+    lines = ["# Synthesis report", "", "| document | chunks | QA kept | restatements kept | exposures | rejected (why) |"]
+    lines.append("|---|---|---|---|---|---|")
+    for doc, d in documents.items():
+        lines.append(
+            f"| {doc} | {d['chunks']} | {d['qa_kept']} | {d['restatements_kept']} | {d['exposures']} | {why(d['rejected'])} |"
+        )
+    lines += [
+        "",
+        "| document | chunk | heading | QA kept | restatements kept | exposures | rejected (why) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in chunks:
+        lines.append(
+            f"| {c['doc']} | {c['chunk']} | {c['heading']} | {c['qa_kept']} | {c['restatements_kept']} | {c['exposures']} | {why(c['rejected'])} |"
+        )
+    return "\n".join(lines) + "\n"
