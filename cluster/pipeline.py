@@ -24,6 +24,7 @@ from typing import Any
 from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
 from hone.cluster.rundir import run_dir_lock, trained_on_an_older_model
+from hone.synth.probes import GROUP as PROBE_GROUP
 from hone.training.config import (
     STAGE_REF,
     ConfigError,
@@ -53,6 +54,12 @@ class AnswerEval:
     # More questions of the same kind, such as a synth stage's document-recall probes ("@synth/probes.jsonl");
     # read when the first stage that trains starts, since a stage before it may write them.
     probes: str = path_field("data")
+    # Retention, what tuning cost outside the new data: every model's mean token loss on general text
+    # (retention/loss), and how far its answers to general instructions still agree with the base model's
+    # own (retention/agreement, token F1). examples/retention holds a public-domain set of both.
+    retention_text: str = path_field("data")  # a .txt / .md file
+    retention_prompts: str = path_field("data")  # jsonl rows with a "prompt"
+    retention_max_new_tokens: int = 32
     max_new_tokens: int = 24
     max_samples: int = 0  # 0: every row
     batch_size: int = 16
@@ -279,6 +286,7 @@ def check_answer_eval(spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
             f"turn, prompt/completion or instruction/output rows), but the rows are {fmt!r}"
         )
     check_rows(rows, fmt)
+    _retention_inputs(spec)
     return fmt, rows[: spec.max_samples] if spec.max_samples else rows
 
 
@@ -297,11 +305,11 @@ def with_probes(questions: tuple[str, list[dict[str, Any]]], spec: AnswerEval) -
 def _answers(
     out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec: AnswerEval, questions: tuple[str, list[dict[str, Any]]]
 ) -> dict[str, float]:
-    """One model's answers to the pipeline's questions, as a Ray task; cached in the pipeline dir, since a
-    finished stage's export never changes."""
+    """One model's answers to the pipeline's questions (and probes, and retention), as a Ray task; cached in
+    the pipeline dir, since a finished stage's export never changes."""
     import ray
 
-    from hone.training.evaluate import answer_metrics
+    from hone.training.evaluate import answer_agreement, pipeline_answers
     from hone.training.models import resolve_source
 
     cache = out / "answers.json"
@@ -309,16 +317,40 @@ def _answers(
     model = model_dir or resolve_source(cfg.model.source)
     # Keyed by what the model is now, not by the stage's name: a retrained stage is asked again.
     key = fingerprint(Path(model)) if Path(model).exists() else model
-    asked = hashlib.sha256(json.dumps(questions[1], sort_keys=True).encode()).hexdigest()[:16]  # probes may join later
+    fmt, rows = questions
+    probes = [r for r in rows if r.get("group") == PROBE_GROUP]  # scored on their own, never in "all"
+    questions_only = [r for r in rows if r.get("group") != PROBE_GROUP]
+    text, prompts = _retention_inputs(spec)
+    asked = hashlib.sha256(json.dumps([rows, text, prompts], sort_keys=True).encode()).hexdigest()[:16]
     if isinstance(done.get(name), dict) and done[name].get("model") == key and done[name].get("questions", asked) == asked:
         return done[name]["scores"]
     settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
     eval_cfg = replace(cfg, mode="sft", eval=settings)
-    print(f"hone: pipeline: {name}: answering {len(questions[1])} held-out questions ...", flush=True)
-    task = worker_task(answer_metrics, cfg.scaling)
-    done[name] = {"model": key, "questions": asked, "scores": ray.get(task.remote(eval_cfg, model, questions[1], questions[0]))}
+    print(
+        f"hone: pipeline: {name}: answering {len(rows)} held-out questions{' and the retention checks' if text or prompts else ''} ...",
+        flush=True,
+    )
+    task = worker_task(pipeline_answers, cfg.scaling)
+    got = ray.get(task.remote(eval_cfg, model, questions_only, fmt, probes, text, prompts, spec.retention_max_new_tokens))
+    if prompts:
+        base = got["retention_answers"] if name == "base" else done.get("base", {}).get("retention_answers", [])
+        if len(base) == len(prompts):
+            got["scores"]["retention/agreement"] = answer_agreement(got["retention_answers"], base)
+    done[name] = {"model": key, "questions": asked, **got}
     write_json(cache, done, indent=2)
     return done[name]["scores"]
+
+
+def _retention_inputs(spec: AnswerEval) -> tuple[str, list[str]]:
+    """eval.retention_text and the prompts of eval.retention_prompts, checked (also before anything trains)."""
+    from hone.training.data import load_rows, read_utf8
+
+    text = read_utf8(Path(spec.retention_text)) if spec.retention_text else ""
+    rows = load_rows([spec.retention_prompts]) if spec.retention_prompts else []
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ConfigError(f"eval.retention_prompts {spec.retention_prompts} row {i + 1}: needs a non-empty 'prompt' string")
+    return text, [r["prompt"] for r in rows]
 
 
 def _write(out: Path, stages: list[Stage], results: list[dict[str, Any]], answers: dict[str, dict[str, float]]) -> None:
@@ -355,7 +387,19 @@ def format_answers_table(answers: dict[str, dict[str, float]], source: str = "")
         f"\npipeline: answers to the held-out questions{' in ' + source if source else ''}: exact match | contains the key fact (%)",
         f"{'model':<22}" + "".join(f"{title:>20}" for title, _, _ in columns),
     ]
+    retention = any("retention/loss" in scores or "retention/agreement" in scores for scores in answers.values())
+    if retention:
+        lines[0] += "; retention: general-text loss (change vs base) | agreement with the base's answers (%)"
+        lines[1] += f"{'retention':>26}"
+    base = answers.get("base", {}).get("retention/loss")
     for name, scores in answers.items():
         cells = [f"{100 * scores.get(e, float('nan')):5.1f} | {100 * scores.get(c, float('nan')):5.1f}" for _, e, c in columns]
-        lines.append(f"{name:<22}" + "".join(f"{cell:>20}" for cell in cells))
+        line = f"{name:<22}" + "".join(f"{cell:>20}" for cell in cells)
+        if retention:
+            loss = scores.get("retention/loss", float("nan"))
+            change = f"{100 * (loss / base - 1):+.1f}%" if base else "n/a"
+            agreement = 100 * scores.get("retention/agreement", float("nan"))
+            cell = f"{loss:.3f} ({change}) | {agreement:5.1f}"
+            line += f"{cell:>26}"
+        lines.append(line)
     return "\n".join(lines)

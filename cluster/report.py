@@ -225,7 +225,7 @@ def report_pipeline(pipeline_dir: Path) -> list[Path]:
 def plot_answers(answers: dict[str, dict[str, float]]) -> Any:
     """The pipeline's held-out questions: exact match and contains-the-key-fact per question group, for
     the base model and after each stage, side by side."""
-    groups = sorted({k.split("/", 1)[1] for scores in answers.values() for k in scores if "/" in k}) or [""]
+    groups = sorted({k.split("/", 1)[1] for scores in answers.values() for k in scores if k.startswith("exact_match/")}) or [""]
     fig, axes = _figure(rows=2, cols=len(groups), size=(max(4.5 * len(groups), 6.0), 7))
     for row, metric in enumerate(("exact_match", "contains")):
         for ax, group in zip(axes[row], groups, strict=True):

@@ -8,8 +8,10 @@ templates), with a progress bar -> parse, ground and filter every item -> write 
 report. A rerun reuses the cached replies, so a killed run resumes where it stopped.
 
 The run dir then holds ordinary files a user can read, edit and train on:
-    qa.jsonl      chat rows (messages, source, chunk, evidence, style) for sft and rl prompts
-    text.jsonl    text rows (text, source, chunk, kind) for pretrain: the chunks and their restatements
+    qa.jsonl      chat rows (messages, source, chunk, evidence, style) for sft
+    text.jsonl    text rows (text, source, chunk, kind) for pretrain: the chunks, their restatements and a
+                  share (synth.qa_in_text) of the pairs as plain text
+    rl.jsonl      rl prompts (messages: the question; answer and key_fact: the grounded answer), one per answer
     probes.jsonl  document-recall probes, held out of qa.jsonl (group: doc_recall), for a pipeline's eval
     report.json / report.md   per document and per chunk: kept, rejected and why, exposures
 """
@@ -17,6 +19,7 @@ The run dir then holds ordinary files a user can read, edit and train on:
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -36,7 +39,7 @@ from hone.training.config import HoneConfig
 from hone.training.data import DataError, load_rows
 from hone.training.files import write_json, write_text
 
-FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "probes": "probes.jsonl"}
+FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "rl": "rl.jsonl", "probes": "probes.jsonl"}
 
 
 @dataclass(frozen=True)
@@ -156,14 +159,46 @@ def _fetch_with_progress(todo: list[Any], generate: Callable[[list[str]], list[s
             bar.update(done)
 
 
+def qa_as_text(qa_rows: list[dict[str, Any]], share: float, seed: int) -> list[dict[str, Any]]:
+    """A seeded `share` of the pairs as pretraining text: the facts in question form from the start
+    (Jiang et al., 2024: QA before and with the documents beats documents then QA)."""
+    rng = random.Random(seed)
+    picked = [r for r in qa_rows if rng.random() < share]
+    return [
+        {
+            "text": f"Question: {r['messages'][0]['content']}\nAnswer: {r['messages'][1]['content']}",
+            "source": r["source"],
+            "chunk": r["chunk"],
+            "kind": "qa",
+        }
+        for r in picked
+    ]
+
+
+def rl_prompts(qa_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One rl prompt per distinct answer (its first question), rewarded by that grounded answer."""
+    seen: set[str] = set()
+    rows = []
+    for r in qa_rows:
+        answer = r["messages"][1]["content"]
+        if answer.casefold() in seen:
+            continue
+        seen.add(answer.casefold())
+        rows.append(
+            {"messages": r["messages"][:1], "answer": answer, "key_fact": answer, "source": r["source"], "chunk": r["chunk"]}
+        )
+    return rows
+
+
 def _write_outputs(run_dir: Path, s: Synthesis, probes: list[dict[str, Any]], cfg: HoneConfig, seconds: float) -> dict[str, Any]:
-    for name, rows in (("qa", s.qa_rows), ("text", s.text_rows), ("probes", probes)):
+    text = s.text_rows + qa_as_text(s.qa_rows, cfg.synth.qa_in_text, cfg.seed)
+    for name, rows in (("qa", s.qa_rows), ("text", text), ("rl", rl_prompts(s.qa_rows)), ("probes", probes)):
         write_text(run_dir / FILES[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     chunks = [c.as_dict() for c in s.chunks]
     documents = by_document(s.chunks)
     write_json(run_dir / "report.json", {"documents": documents, "chunks": chunks}, indent=2)
     write_text(run_dir / "report.md", format_report(documents, chunks))
-    counts = {"qa_rows": len(s.qa_rows), "text_rows": len(s.text_rows), "probes": len(probes), "chunks": len(chunks)}
+    counts = {"qa_rows": len(s.qa_rows), "text_rows": len(text), "probes": len(probes), "chunks": len(chunks)}
     print(
         f"hone: synth: {counts['qa_rows']} question/answer rows, {counts['text_rows']} text rows, {counts['probes']} "
         f"probes from {counts['chunks']} chunks -> {run_dir} (report.md says what was kept and why)",

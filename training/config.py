@@ -323,6 +323,9 @@ class SynthConfig:
     samples: int = 1  # replies per prompt
     templates: bool = True  # generator-free questions on every name, code, number, date and amount
     max_pairs_per_answer: int = 6
+    # The share of question/answer pairs also written into text.jsonl as plain text ("Question: ...
+    # Answer: ..."), so continued pretraining sees facts in question form from the start.
+    qa_in_text: float = 0.5
     # Replies are cached here by content (chunk text, generator, prompt): "" is ~/.cache/hone/synth.
     cache_dir: str = path_field("output", "")
 
@@ -486,7 +489,8 @@ def resolve_paths(raw: dict[str, Any], base: Path, cls: type | None = None) -> d
 
 def _rebase(value: Any, base: Path) -> Any:
     # "@stage/file" names a file an earlier pipeline stage writes (cluster/pipeline.py resolves it)
-    if not isinstance(value, str) or Path(value).is_absolute() or value.startswith(STAGE_REF):
+    # "" is an unset optional path (eval.probes), not the config's folder
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith(STAGE_REF):
         return value
     return str((base / value).resolve())
 
@@ -704,6 +708,7 @@ def _check_synth(cfg: HoneConfig) -> None:
     s, g = cfg.synth, cfg.synth.generator
     _positive(cfg, "synth.chunk_words", "synth.samples", "synth.max_pairs_per_answer", "synth.generator.num_workers")
     _positive(cfg, "synth.generator.max_new_tokens", "synth.generator.batch_size")
+    _require(0.0 <= s.qa_in_text <= 1.0, "synth.qa_in_text", s.qa_in_text, "give a share in [0, 1]")
     _non_negative(cfg, "synth.questions_per_style", "synth.generator.cpus", "synth.generator.gpus", "synth.generator.temperature")
     for key, given, known in (
         ("synth.styles", s.styles, SYNTH_STYLES),

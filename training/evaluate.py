@@ -11,6 +11,7 @@ reward:   held-out Bradley-Terry `loss`, pairwise `accuracy` (chosen scored abov
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from hone.training.batches import collate_pairs
@@ -37,6 +38,64 @@ def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -
     per group): the one yardstick a pipeline applies to its base model and to every stage's export."""
     tokenizer, model = _load(cfg, model_dir, "causal")
     return generation_metrics(model, tokenizer, rows, fmt, cfg)
+
+
+RETENTION_WINDOW = 256  # tokens per window of the retention text
+
+
+def pipeline_answers(
+    cfg: HoneConfig,
+    model_dir: str,
+    questions: list[Row],
+    fmt: str,
+    probes: list[Row],
+    text: str,
+    prompts: list[str],
+    prompt_tokens: int = 32,
+) -> dict[str, Any]:
+    """One model, loaded once, asked everything a pipeline's `eval:` asks: its held-out questions (scored
+    as sft's evaluation scores them), the document-recall probes (their own group, outside "all"), and for
+    retention the mean token loss on general text and greedy answers to general instructions (the caller
+    compares them with the base model's own)."""
+    tokenizer, model = _load(cfg, model_dir, "causal")
+    scores = generation_metrics(model, tokenizer, questions, fmt, cfg)
+    if probes:
+        scores |= {k: v for k, v in generation_metrics(model, tokenizer, probes, fmt, cfg).items() if "/" in k}
+    if text.strip():
+        # one window for every model, whatever its stage's max_seq_len, so the losses compare
+        window = min(RETENTION_WINDOW, getattr(model.config, "max_position_embeddings", None) or RETENTION_WINDOW)
+        scores["retention/loss"] = text_loss(model, tokenizer, text, window)
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": ""}]} for p in prompts]
+    longer = replace(cfg, eval=replace(cfg.eval, max_new_tokens=prompt_tokens))
+    answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer)] if rows else []
+    return {"scores": scores, "retention_answers": answers}
+
+
+def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
+    """Mean next-token loss over `text`, read in windows of `window` tokens."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    total, count = 0.0, 0
+    # windows of `window` tokens that overlap by one, so every token after the first is predicted once
+    for start in range(0, max(len(ids) - 1, 1), window - 1):
+        piece = torch.tensor([ids[start : start + window]], device=model.device)
+        if piece.shape[1] < 2:
+            break
+        with torch.no_grad():
+            loss = model(input_ids=piece, labels=piece).loss
+        total, count = total + float(loss) * (piece.shape[1] - 1), count + piece.shape[1] - 1
+    return total / max(count, 1)
+
+
+def answer_agreement(answers: list[str], reference: list[str]) -> float:
+    """Mean token F1 of each answer against the reference answer to the same prompt (1.0: the same words)."""
+    scores = []
+    for mine, theirs in zip(answers, reference, strict=True):
+        a, b = normalize_answer(mine).split(), normalize_answer(theirs).split()
+        common = sum(min(a.count(w), b.count(w)) for w in set(a))
+        scores.append(0.0 if not common else 2 * common / (len(a) + len(b)))
+    return _mean(scores)
 
 
 def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:

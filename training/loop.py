@@ -22,7 +22,7 @@ from typing import Any
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
-from hone.training.ds_config import initialize_engine
+from hone.training.ds_config import cpu_autocast, initialize_engine
 from hone.training.forward import step_loss_sum, summed_loss
 from hone.training.losses import mean_loss
 from hone.training.tokens import IGNORE, Example
@@ -190,7 +190,8 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[f
         batch = batcher.get(step, micro, engine.device)
         real += int(batch.pop("num_real_tokens"))
         tokens += batch["input_ids"].numel()
-        loss_sum, n = step_loss_sum(engine, batch, kind, batcher.cfg)
+        with cpu_autocast(batcher.cfg):
+            loss_sum, n = step_loss_sum(engine, batch, kind, batcher.cfg)
         engine.backward(mean_loss(loss_sum, n))
         engine.step()
         loss_total += float(loss_sum.detach())

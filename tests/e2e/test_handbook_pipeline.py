@@ -1,6 +1,7 @@
 """The main job's pipeline (examples/handbook/pipeline.yaml) run by the same code on a tiny model and a
-cut-down handbook: every stage starts from the previous stage's export, and the held-out question table
-has the base model and every stage, per question group."""
+cut-down handbook: the synth stage writes the data the later stages read, every training stage starts
+from the previous stage's export, and the held-out question table has the base model and every stage, per
+question group, with the document-recall probes and the retention checks."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def _cut_down(tmp_path: Path) -> Path:
     )
     for name in ("pipeline.yaml", "rewards.py"):
         shutil.copy(EXAMPLE / name, root / name)
+    shutil.copytree(EXAMPLE.parent / "retention", tmp_path / "retention")  # the pipeline's ../retention
     return root / "pipeline.yaml"
 
 
@@ -42,7 +44,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_the_handbook_pipeline_chains_three_stages_and_tables_every_model(assets, tmp_path, local_ray, capsys):
+def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, tmp_path, local_ray, capsys):
     pipeline = _cut_down(tmp_path)
     out = tmp_path / "out"
     overrides = [
@@ -52,27 +54,35 @@ def test_the_handbook_pipeline_chains_three_stages_and_tables_every_model(assets
         "stages.pretrain.train.micro_batch_per_device=2",
         "stages.sft.train.num_epochs=1",
         "stages.rl.train.max_steps=2",
+        f"stages.synth.synth.cache_dir={tmp_path / 'cache'}",
     ]
     assert main(["run", str(pipeline), *overrides]) == 0
     printed = capsys.readouterr().out
 
     saved = json.loads((out / "pipeline.json").read_text())
     stages = saved["stages"]
-    assert [s["name"] for s in stages] == ["pretrain", "sft", "rl"] and [s["status"] for s in stages] == ["finished"] * 3
-    for previous, stage in zip(stages[:-1], stages[1:], strict=True):
+    assert [s["name"] for s in stages] == ["synth", "pretrain", "sft", "rl"] and [s["status"] for s in stages] == ["finished"] * 4
+    synth = Path(stages[0]["run_dir"])
+    pretrain = yaml.safe_load((Path(stages[1]["run_dir"]) / "config.yaml").read_text())
+    assert pretrain["model"]["source"] == str(assets["llama"])  # the synth stage exports no model
+    assert pretrain["data"]["train"] == [str(synth / "text.jsonl")]
+    for previous, stage in zip(stages[1:-1], stages[2:], strict=True):
         config = yaml.safe_load((Path(stage["run_dir"]) / "config.yaml").read_text())
         assert config["model"]["source"] == str(Path(previous["run_dir"]) / "model")  # starts from the last export
+    assert str(synth / "qa.jsonl") in yaml.safe_load((Path(stages[2]["run_dir"]) / "config.yaml").read_text())["data"]["train"]
 
     answers = saved["answers"]
     assert list(answers) == ["base", "after pretrain", "after sft", "after rl"]
     for scores in answers.values():
         for metric in ("exact_match", "contains"):
-            for group in ("paraphrase", "handbook_only"):
+            for group in ("paraphrase", "handbook_only", "doc_recall"):
                 assert 0.0 <= scores[f"{metric}/{group}"] <= 1.0
+        assert scores["retention/loss"] > 0 and 0.0 <= scores["retention/agreement"] <= 1.0
+    assert answers["base"]["retention/agreement"] == 1.0  # the base model's answers are the reference
     table = printed[printed.index("pipeline: answers to the held-out questions") :]
     for row in answers:
         assert f"\n{row}" in table
-    assert "paraphrase" in table and "handbook_only" in table
+    assert "paraphrase" in table and "handbook_only" in table and "doc_recall" in table and "retention" in table
 
     # `hone report` on the pipeline draws the same table as bars.
     assert main(["report", str(out)]) == 0

@@ -63,7 +63,8 @@ def test_a_synth_run_writes_data_files_that_train_and_a_report_of_what_it_kept(t
     answers = {r["messages"][1]["content"] for r in qa + probes}
     assert {"16 weeks", "30 June", "EUR 48", "EUR 0.31 per km", "phish@corvallen.fi", "6040", "Piet Hallengren"} <= answers
     assert all({"source", "chunk", "evidence", "style"} <= r.keys() for r in qa)
-    assert {r["kind"] for r in text} == {"original", "key_facts", "reordered"}
+    assert {r["kind"] for r in text} == {"original", "key_facts", "reordered", "qa"}
+    assert {r["answer"] for r in _rows(out / "rl.jsonl")} == {r["messages"][1]["content"] for r in qa}
     report = json.loads((out / "report.json").read_text())
     assert sum(d["qa_kept"] for d in report["documents"].values()) == len(qa)
     assert all(c["exposures"] == 1 + c["qa_kept"] + c["restatements_kept"] for c in report["chunks"])
