@@ -32,6 +32,7 @@ from hone.cluster.hooks import NO_HOOKS, RunHooks
 from hone.cluster.rundir import claim, finish_run, finished_run, inspect
 from hone.synth.cache import ReplyCache
 from hone.synth.documents import Chunk, chunk_document, read_documents
+from hone.synth.parse import parse_qa
 from hone.synth.probes import doc_recall_probes
 from hone.synth.quality import EvalOverlap
 from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, missing, plan
@@ -151,12 +152,22 @@ def _generator(cfg: HoneConfig) -> Iterator[Callable[[list[str]], list[str]]]:
 
 
 def _fetch_with_progress(todo: list[Any], generate: Callable[[list[str]], list[str]], cache: ReplyCache, batch: int) -> None:
+    """The replies asked for, with a bar of replies done, the time left, and the pairs read so far (the
+    checks come after, in `assemble`)."""
     from tqdm.auto import tqdm
 
-    # One call per pool-wide batch: every actor gets `batch` prompts of it.
     with tqdm(total=len(todo), desc="synthesis", unit="reply") as bar:
-        for done in fetch(todo, generate, cache, batch):
+        read = 0
+
+        def counted(prompts: list[str]) -> list[str]:
+            nonlocal read
+            replies = generate(prompts)
+            read += sum(len(parse_qa(r)[0]) for r in replies)
+            return replies
+
+        for done in fetch(todo, counted, cache, batch):
             bar.update(done)
+            bar.set_postfix(pairs_read=read)
 
 
 def qa_as_text(qa_rows: list[dict[str, Any]], share: float, seed: int) -> list[dict[str, Any]]:
