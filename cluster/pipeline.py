@@ -24,7 +24,6 @@ from typing import Any
 from hone.cluster.connect import ray_session, worker_task
 from hone.cluster.run import prepare_any, run
 from hone.cluster.rundir import run_dir_lock, trained_on_an_older_model
-from hone.synth.probes import GROUP as PROBE_GROUP
 from hone.training.config import (
     STAGE_REF,
     ConfigError,
@@ -247,13 +246,14 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
     questions = check_answer_eval(answer_eval) if answer_eval else None
     results: list[dict[str, Any]] = []
     answers: dict[str, dict[str, float]] = {}
+    asked: Asked | None = None
     with run_dir_lock(out), ray_session(address):  # answers.json and pipeline.json: one pipeline run at a time
         out.mkdir(parents=True, exist_ok=True)
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
-            if answer_eval and questions and "base" not in answers and cfg.mode != "synth":
+            if answer_eval and questions and asked is None and cfg.mode != "synth":
                 # asked right before the first stage that trains: a synth stage before it writes the probes
-                questions = with_probes(questions, answer_eval)
-                answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, questions)
+                asked = _asked(questions, answer_eval)
+                answers["base"] = _answers(out, "base", stages[0].config, None, answer_eval, asked)
             print(f"\nhone: pipeline stage {index + 1}/{len(stages)}: {stage.name} ({cfg.mode}) -> {cfg.output_dir}", flush=True)
             if stage.config.model.source == PREVIOUS and trained_on_an_older_model(cfg):
                 # The stage before was trained again (in this run or by hand): this stage's result is
@@ -264,9 +264,9 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
             results.append(
                 {"name": stage.name, "mode": cfg.mode, "run_dir": str(Path(cfg.output_dir).resolve())} | {"eval": summary["eval"]}
             )
-            if answer_eval and questions and cfg.mode != "synth":
+            if answer_eval and asked and cfg.mode != "synth":
                 model = str(Path(cfg.output_dir).resolve() / "model")
-                answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, questions)
+                answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, asked)
             _write(out, stages, results, answers)
     print(format_pipeline_table(results))
     if answer_eval:
@@ -290,21 +290,33 @@ def check_answer_eval(spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
     return fmt, rows[: spec.max_samples] if spec.max_samples else rows
 
 
-def with_probes(questions: tuple[str, list[dict[str, Any]]], spec: AnswerEval) -> tuple[str, list[dict[str, Any]]]:
-    """The eval questions and, when `eval.probes` names a file, its rows after them (same format needed)."""
-    if not spec.probes:
-        return questions
-    probes = check_answer_eval(replace(spec, data=spec.probes, max_samples=0))
-    if probes[0] != questions[0]:
-        raise ConfigError(
-            f"eval.probes {spec.probes} holds {probes[0]!r} rows but eval.data holds {questions[0]!r}; use one format"
-        )
-    return questions[0], questions[1] + probes[1]
+@dataclass(frozen=True)
+class Asked:
+    """Everything the pipeline's `eval:` puts to each model, read once."""
+
+    fmt: str
+    questions: list[dict[str, Any]]
+    probes: list[dict[str, Any]]  # eval.probes: scored as their own group, never in "all"
+    text: str  # eval.retention_text
+    prompts: list[str]  # eval.retention_prompts
+
+    def fingerprint(self) -> str:
+        payload = json.dumps([self.questions, self.probes, self.text, self.prompts], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _answers(
-    out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec: AnswerEval, questions: tuple[str, list[dict[str, Any]]]
-) -> dict[str, float]:
+def _asked(questions: tuple[str, list[dict[str, Any]]], spec: AnswerEval) -> Asked:
+    """The checked questions with the probes (which need the same format) and the retention inputs."""
+    fmt, rows = questions
+    probes: list[dict[str, Any]] = []
+    if spec.probes:
+        probe_fmt, probes = check_answer_eval(replace(spec, data=spec.probes, max_samples=0))
+        if probe_fmt != fmt:
+            raise ConfigError(f"eval.probes {spec.probes} holds {probe_fmt!r} rows but eval.data holds {fmt!r}; use one format")
+    return Asked(fmt, rows, probes, *_retention_inputs(spec))
+
+
+def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec: AnswerEval, asked: Asked) -> dict[str, float]:
     """One model's answers to the pipeline's questions (and probes, and retention), as a Ray task; cached in
     the pipeline dir, since a finished stage's export never changes."""
     import ray
@@ -317,26 +329,27 @@ def _answers(
     model = model_dir or resolve_source(cfg.model.source)
     # Keyed by what the model is now, not by the stage's name: a retrained stage is asked again.
     key = fingerprint(Path(model)) if Path(model).exists() else model
-    fmt, rows = questions
-    probes = [r for r in rows if r.get("group") == PROBE_GROUP]  # scored on their own, never in "all"
-    questions_only = [r for r in rows if r.get("group") != PROBE_GROUP]
-    text, prompts = _retention_inputs(spec)
-    asked = hashlib.sha256(json.dumps([rows, text, prompts], sort_keys=True).encode()).hexdigest()[:16]
-    if isinstance(done.get(name), dict) and done[name].get("model") == key and done[name].get("questions", asked) == asked:
+    what = asked.fingerprint()
+    if isinstance(done.get(name), dict) and done[name].get("model") == key and done[name].get("questions", what) == what:
         return done[name]["scores"]
     settings = replace(cfg.eval, max_new_tokens=spec.max_new_tokens, max_samples=0, batch_size=spec.batch_size)
     eval_cfg = replace(cfg, mode="sft", eval=settings)
+    retention = " and the retention checks" if asked.text or asked.prompts else ""
     print(
-        f"hone: pipeline: {name}: answering {len(rows)} held-out questions{' and the retention checks' if text or prompts else ''} ...",
+        f"hone: pipeline: {name}: answering {len(asked.questions) + len(asked.probes)} held-out questions{retention} ...",
         flush=True,
     )
     task = worker_task(pipeline_answers, cfg.scaling)
-    got = ray.get(task.remote(eval_cfg, model, questions_only, fmt, probes, text, prompts, spec.retention_max_new_tokens))
-    if prompts:
+    got = ray.get(
+        task.remote(
+            eval_cfg, model, asked.questions, asked.fmt, asked.probes, asked.text, asked.prompts, spec.retention_max_new_tokens
+        )
+    )
+    if asked.prompts:
         base = got["retention_answers"] if name == "base" else done.get("base", {}).get("retention_answers", [])
-        if len(base) == len(prompts):
+        if len(base) == len(asked.prompts):
             got["scores"]["retention/agreement"] = answer_agreement(got["retention_answers"], base)
-    done[name] = {"model": key, "questions": asked, **got}
+    done[name] = {"model": key, "questions": what, **got}
     write_json(cache, done, indent=2)
     return done[name]["scores"]
 
