@@ -108,3 +108,21 @@ def test_a_pipeline_eval_without_answers_is_refused_before_training(tmp_path):
     path.write_text(yaml.safe_dump({"eval": {"data": "q.jsonl", "max_new_token": 3}, "stages": []}))
     with pytest.raises(ConfigError, match=r"p.yaml: unknown config key eval.max_new_token; did you mean eval.max_new_tokens\?"):
         load_pipeline(path)
+
+
+def test_a_retention_prompt_without_a_prompt_is_refused_naming_its_row(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "Which VPN?", "completion": "Burrow"}])
+    write_jsonl(tmp_path / "general.jsonl", [{"prompt": "Name a colour."}, {"instruction": "Name a fruit."}])
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "eval": {"data": "q.jsonl", "retention_prompts": "general.jsonl"},
+                "stages": [{"mode": "sft", "model": {"source": "org/model"}, "data": {"train": [str(questions)]}}],
+            }
+        )
+    )
+    from hone.cluster.pipeline import check_answer_eval
+
+    with pytest.raises(ConfigError, match=r"general.jsonl row 2: needs a non-empty 'prompt' string"):
+        check_answer_eval(load_pipeline(path).eval)
