@@ -142,6 +142,8 @@ def validate_synth(cfg: HoneConfig) -> int:
     print(to_yaml(cfg))
     print(f"# documents: {len(docs)} ({', '.join(docs[:5])}{' ...' if len(docs) > 5 else ''}), {len(prepared.chunks)} chunks")
     print(f"# generator: {prepared.generator.split('|')[0]}; keeping out {len(prepared.eval_questions)} evaluation questions")
+    if prepared.replay:
+        print(f"# replay: {cfg.model.source} answers {len(prepared.replay)} general instructions (replay.jsonl)")
     return 0
 
 

@@ -204,8 +204,8 @@ def ship_config(cfg: HoneConfig, bundle: Bundle, opts: RenderOptions, pipeline_o
                     f"the pods cannot share it; set it under {opts.runs_mount}, use a URI, or leave it empty"
                 )
             return value
-        if kind == "data":
-            return bundle.data_file(value, key) if isinstance(value, str) else value
+        if kind == "data":  # "" is an unset optional file (synth.replay_prompts)
+            return bundle.data_file(value, key) if isinstance(value, str) and value else value
         if kind == "model":
             return _model_source(value, key, bundle)
         return value if bundle.on_volume(value) else _reward_module(section, key, bundle)

@@ -59,6 +59,11 @@ class AnswerEval:
     retention_text: str = path_field("data")  # a .txt / .md file
     retention_prompts: str = path_field("data")  # jsonl rows with a "prompt"
     retention_max_new_tokens: int = 32
+    # Best-epoch selection on held-out recall: after a stage with train.keep_epoch_models, its epoch models
+    # and model/ are asked the probes, and the next stage (and this stage's row) takes the one scoring best
+    # on this key (exact_match/GROUP or contains/GROUP of a group of the probes; ties go to the earlier
+    # epoch). The eval.data questions are never used to choose, so they stay a fair test.
+    select_by: str = ""
     max_new_tokens: int = 24
     max_samples: int = 0  # 0: every row
     batch_size: int = 16
@@ -135,6 +140,18 @@ def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
             raise ConfigError(f"{path}: eval.{key}={getattr(spec, key)!r} must be a whole number of 1 or more")
     if spec.max_samples < 0:
         raise ConfigError(f"{path}: eval.max_samples={spec.max_samples} must be 0 (every row) or more")
+    if spec.select_by:
+        metric, _, group = spec.select_by.partition("/")
+        if metric not in ("exact_match", "contains") or not group:
+            raise ConfigError(
+                f"{path}: eval.select_by={spec.select_by!r} must be exact_match/GROUP or contains/GROUP, GROUP a group "
+                "of eval.probes (a synth stage's probes are group doc_recall)"
+            )
+        if not spec.probes:
+            raise ConfigError(
+                f"{path}: eval.select_by chooses on the probes, and eval.probes is empty: give held-out probes "
+                '(e.g. "@synth/probes.jsonl"); the eval.data questions are the test, never used to choose'
+            )
 
 
 def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
@@ -249,7 +266,10 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
     asked: Asked | None = None
     with run_dir_lock(out), ray_session(address):  # answers.json and pipeline.json: one pipeline run at a time
         out.mkdir(parents=True, exist_ok=True)
+        chosen: dict[str, str] = {}  # stage name -> the model the next stage starts from, when not its model/
         for index, (stage, cfg) in enumerate(zip(stages, chained(stages), strict=True)):
+            if stage.config.model.source == PREVIOUS and stages[index - 1].name in chosen:
+                cfg = _with_model(cfg, chosen[stages[index - 1].name])
             if answer_eval and questions and asked is None and cfg.mode != "synth":
                 # asked right before the first stage that trains: a synth stage before it writes the probes
                 asked = _asked(questions, answer_eval)
@@ -266,11 +286,19 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
             )
             if answer_eval and asked and cfg.mode != "synth":
                 model = str(Path(cfg.output_dir).resolve() / "model")
+                if answer_eval.select_by and cfg.train.keep_epoch_models:
+                    selection = _select_epoch(out, stage.name, cfg, answer_eval, asked)
+                    results[-1]["selected"] = selection
+                    if selection["model"] != model:
+                        model = chosen[stage.name] = selection["model"]
                 answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, asked)
             _write(out, stages, results, answers)
     print(format_pipeline_table(results))
     if answer_eval:
         print(format_answers_table(answers, Path(answer_eval.data).name))
+        for r in results:
+            if "selected" in r:
+                print(f"  after {r['name']}: its {r['selected']['label']}, the best on {r['selected']['by']} (eval.select_by)")
     return {"output_dir": str(out), "stages": results, "answers": answers}
 
 
@@ -352,6 +380,33 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
     done[name] = {"model": key, "questions": what, **got}
     write_json(cache, done, indent=2)
     return done[name]["scores"]
+
+
+def _select_epoch(out: Path, name: str, cfg: HoneConfig, spec: AnswerEval, asked: Asked) -> dict[str, Any]:
+    """The stage's epoch models and model/, each asked the probes only; the best by eval.select_by (ties:
+    the earlier epoch, which has seen the new facts fewer times: Gekhman et al., 2024, find that facts
+    learned late in fine-tuning raise hallucination)."""
+    from hone.training.loop import EPOCHS
+
+    run_dir = Path(cfg.output_dir).resolve()
+    epochs = sorted((p for p in (run_dir / EPOCHS).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    candidates = [(f"epoch {p.name}", str(p)) for p in epochs] + [
+        (f"epoch {cfg.train.num_epochs} (model/)", str(run_dir / "model"))
+    ]
+    probes_only = Asked(asked.fmt, asked.probes, [], "", [])
+    scores = {label: _answers(out, f"{name} {label}", cfg, model, spec, probes_only) for label, model in candidates}
+    group = spec.select_by.split("/", 1)[1]
+    if not any(spec.select_by in s for s in scores.values()):
+        raise ConfigError(f"eval.select_by={spec.select_by!r}: the probes in {spec.probes} hold no rows of group {group!r}")
+    label, model = candidates[first_best([scores[label].get(spec.select_by, 0.0) for label, _ in candidates])]
+    values = ", ".join(f"{k} {100 * v.get(spec.select_by, 0.0):.1f}" for k, v in scores.items())
+    print(f"hone: pipeline: {name}: {spec.select_by} (%) by epoch: {values}; going on from {label}", flush=True)
+    return {"by": spec.select_by, "model": model, "label": label, "scores": {k: v.get(spec.select_by) for k, v in scores.items()}}
+
+
+def first_best(values: list[float]) -> int:
+    """The index of the highest value; of several equal ones, the first (the earlier epoch)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
 def _retention_inputs(spec: AnswerEval) -> tuple[str, list[str]]:

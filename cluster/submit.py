@@ -141,7 +141,7 @@ def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
             return str(Path(value).expanduser().resolve()) if value else value
         if kind == "module":
             return shipment.add_module(value, section["function"], key)
-        if kind == "data" and isinstance(value, str):
+        if kind == "data" and isinstance(value, str) and value:  # "" is an unset optional file
             return shipment.add(value, key)
         if kind == "model" and value != PREVIOUS and looks_like_path(value):
             return shipment.add(value, key)

@@ -13,6 +13,8 @@ The run dir then holds ordinary files a user can read, edit and train on:
                   share (synth.qa_in_text) of the pairs as plain text
     rl.jsonl      rl prompts (messages: the question; answer and key_fact: the grounded answer), one per answer
     probes.jsonl  document-recall probes, held out of qa.jsonl (group: doc_recall), for a pipeline's eval
+    replay.jsonl  with synth.replay_prompts: the untuned model's own answers to general instructions, chat
+                  rows to mix into sft against forgetting (hone.synth.replay)
     report.json / report.md   per document and per chunk: kept, rejected and why, exposures
 """
 
@@ -35,12 +37,13 @@ from hone.synth.documents import Chunk, chunk_document, read_documents
 from hone.synth.parse import parse_qa
 from hone.synth.probes import doc_recall_probes
 from hone.synth.quality import EvalOverlap
+from hone.synth.replay import read_replay_prompts, replay_keys, replay_rows
 from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, missing, plan
 from hone.training.config import HoneConfig
 from hone.training.data import DataError, load_rows
 from hone.training.files import write_json, write_text
 
-FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "rl": "rl.jsonl", "probes": "probes.jsonl"}
+FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "rl": "rl.jsonl", "probes": "probes.jsonl", "replay": "replay.jsonl"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class PreparedSynth:
     eval_questions: list[str]  # what the synthesis must not write (data.eval), read before anything runs
     recipe: Recipe
     generator: str  # its identity in the cache key; "none" for the templates alone
+    replay: list[str]  # synth.replay_prompts, read and checked
 
 
 def prepare_synth(cfg: HoneConfig) -> PreparedSynth:
@@ -61,7 +65,8 @@ def prepare_synth(cfg: HoneConfig) -> PreparedSynth:
     if not chunks:
         raise DataError(f"data.train {cfg.data.train}: the documents hold no text to synthesise from")
     questions = [] if isinstance(cfg.data.eval, float) else [_question(r) for r in load_rows(cfg.data.eval)]
-    return PreparedSynth(chunks, [q for q in questions if q], _recipe(cfg), _generator_id(cfg))
+    replay = read_replay_prompts(cfg.synth.replay_prompts) if cfg.synth.replay_prompts else []
+    return PreparedSynth(chunks, [q for q in questions if q], _recipe(cfg), _generator_id(cfg), replay)
 
 
 def _question(row: dict[str, Any]) -> str:
@@ -109,7 +114,9 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     cache = ReplyCache(Path(cfg.synth.cache_dir or Path.home() / ".cache/hone/synth").expanduser())
     requests = plan(prepared.chunks, prepared.recipe, prepared.generator)
     todo = missing(requests, cache)
-    needs_ray = bool(todo) and not cfg.synth.generator.base_url
+    keys = replay_keys(prepared.replay, cfg.model.source, cfg.synth.replay_max_new_tokens)
+    replay_todo = [(k, p) for k, p in zip(keys, prepared.replay, strict=True) if k not in cache]
+    needs_ray = (bool(todo) and not cfg.synth.generator.base_url) or bool(replay_todo)
     with ray_session(address) if needs_ray else nullcontext():
         run_dir, state = claim(cfg)
         print(
@@ -120,12 +127,41 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
         if todo:
             with _generator(cfg) as generate:
                 _fetch_with_progress(todo, generate, cache, cfg.synth.generator.batch_size)
+        if replay_todo:
+            _answer_replay(cfg, replay_todo, cache)
+    replay = [str((cache.get(k) or {}).get("reply", "")) for k in keys]
     probes = doc_recall_probes(prepared.chunks, cfg.seed)
     keep_out = EvalOverlap(prepared.eval_questions + [p["messages"][0]["content"] for p in probes])
     synthesis = assemble(prepared.chunks, requests, cache, prepared.recipe, keep_out)
-    summary = _write_outputs(run_dir, synthesis, probes, cfg, time.time() - started)
+    summary = _write_outputs(
+        run_dir, synthesis, probes, replay_rows(prepared.replay, replay, cfg.synth.replay_prompts), cfg, time.time() - started
+    )
     finish_run(run_dir, summary)
     return summary
+
+
+def _answer_replay(cfg: HoneConfig, todo: list[tuple[str, str]], cache: ReplyCache) -> None:
+    """The model being tuned answers the replay prompts greedily, on a pool of local actors (whatever writes
+    the other items: replay must be this model's own answers), cached answer by answer."""
+    from tqdm.auto import tqdm
+
+    from hone.synth.local import LocalPool, LocalSettings
+    from hone.training.models import resolve_source
+
+    g = cfg.synth.generator
+    settings = LocalSettings(
+        resolve_source(cfg.model.source), cfg.synth.replay_max_new_tokens, 0.0, batch_size=g.batch_size, seed=cfg.seed
+    )
+    pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
+    try:
+        with tqdm(total=len(todo), desc="replay answers", unit="answer") as bar:
+            for start in range(0, len(todo), g.batch_size * g.num_workers):
+                batch = todo[start : start + g.batch_size * g.num_workers]
+                for (key, _), reply in zip(batch, pool.generate([p for _, p in batch]), strict=True):
+                    cache.put(key, {"reply": reply})
+                bar.update(len(batch))
+    finally:
+        pool.shutdown()
 
 
 @contextmanager
@@ -201,21 +237,29 @@ def rl_prompts(qa_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_outputs(run_dir: Path, s: Synthesis, probes: list[dict[str, Any]], cfg: HoneConfig, seconds: float) -> dict[str, Any]:
+def _write_outputs(
+    run_dir: Path, s: Synthesis, probes: list[dict[str, Any]], replay: list[dict[str, Any]], cfg: HoneConfig, seconds: float
+) -> dict[str, Any]:
     text = s.text_rows + qa_as_text(s.qa_rows, cfg.synth.qa_in_text, cfg.seed)
-    for name, rows in (("qa", s.qa_rows), ("text", text), ("rl", rl_prompts(s.qa_rows)), ("probes", probes)):
+    outputs = {"qa": s.qa_rows, "text": text, "rl": rl_prompts(s.qa_rows), "probes": probes}
+    if cfg.synth.replay_prompts:
+        outputs["replay"] = replay
+    for name, rows in outputs.items():
         write_text(run_dir / FILES[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     chunks = [c.as_dict() for c in s.chunks]
     documents = by_document(s.chunks)
     write_json(run_dir / "report.json", {"documents": documents, "chunks": chunks}, indent=2)
     write_text(run_dir / "report.md", format_report(documents, chunks))
     counts = {"qa_rows": len(s.qa_rows), "text_rows": len(text), "probes": len(probes), "chunks": len(chunks)}
+    if "replay" in outputs:
+        counts["replay_rows"] = len(replay)
     print(
         f"hone: synth: {counts['qa_rows']} question/answer rows, {counts['text_rows']} text rows, {counts['probes']} "
-        f"probes from {counts['chunks']} chunks -> {run_dir} (report.md says what was kept and why)",
+        f"probes{', ' + str(len(replay)) + ' replay rows' if 'replay' in outputs else ''} from {counts['chunks']} chunks "
+        f"-> {run_dir} (report.md says what was kept and why)",
         flush=True,
     )
-    files = {k: str(run_dir / v) for k, v in FILES.items()}
+    files = {k: str(run_dir / FILES[k]) for k in outputs}
     return {"mode": "synth", "eval": {"before": {}, "after": counts}, "files": files, "model_path": "", "seconds": seconds}
 
 

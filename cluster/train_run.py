@@ -124,6 +124,7 @@ def _train(
         logger=log,
         run_dir=str(run_dir),
         total_steps=prepared.total_steps,
+        steps_per_epoch=prepared.steps_per_epoch,
         start_from=hooks.start_from,
         stored_in=str(stored_in) if stored_in else None,
         committed=newest_committed(stored_in),

@@ -25,6 +25,7 @@ import numpy as np
 import ray
 import torch
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from tqdm.auto import tqdm
 
 from hone.rl.algorithms import fill_invalid, group_advantages
 from hone.rl.batch import RolloutBatch, concat
@@ -129,6 +130,7 @@ class Controller:
         self.version = 0  # version 0: the base weights every actor starts with
         self.weights: list[Any] = []
         self.restarts = {"rollout": 0, "reward": 0, "reference": 0, "policy": 0}
+        self.pool = list(range(len(prepared.train_prompts)))  # the train prompts the steps draw from (rl.focus)
 
     # ------------------------------------------------------------------------------------------------
     # The run
@@ -141,6 +143,7 @@ class Controller:
     def run(self, before: dict[str, float]) -> dict[str, Any]:
         """Train (resuming from the last checkpoint), evaluate, export; `before` is the base policy's evaluation.
         A run asked to stop returns {"stopped_at": step} once that step's checkpoint is saved."""
+        self.pool = self._focus()
         self._train_with_recovery()
         if self.stopped_at is not None:
             return {"stopped_at": self.stopped_at}
@@ -295,19 +298,48 @@ class Controller:
     # ------------------------------------------------------------------------------------------------
     # The steps of the algorithm
 
+    def _focus(self) -> list[int]:
+        """rl.focus: every train prompt, or those the starting policy misses (see RlConfig.focus). The
+        prompts are answered in a seeded order, a chunk at a time, until enough are missed for every step
+        of the run (a large prompt set is not answered whole). Decided once, with the starting weights,
+        and kept in focus.json so a resumed run draws from the same prompts."""
+        path, n = self.run_dir / "focus.json", len(self.prepared.train_prompts)
+        if self.cfg.rl.focus == "all":
+            return list(range(n))
+        if path.exists():
+            return [int(i) for i in json.loads(path.read_text())["kept"]]
+        p, per_step = self.prepared, self.cfg.rl.prompts_per_step
+        need = p.total_steps * per_step
+        order = list(range(n))
+        random.Random(self.cfg.seed).shuffle(order)
+        scores: dict[int, float] = {}
+        kept: list[int] = []
+        with tqdm(total=n, desc="rl.focus: answering the train prompts", unit="prompt") as bar:
+            for start in range(0, n, max(4 * per_step, 64)):
+                chunk = order[start : start + max(4 * per_step, 64)]
+                rows = [p.train_rows[i] for i in chunk]
+                greedy = self._generate([p.train_prompts[i] for i in chunk], rows, 1, greedy=True, seed=self.cfg.seed)
+                batch, _, _ = self._score(concat(self._collect(self.roles.rollout, greedy)))
+                assert batch.rewards is not None and batch.valid is not None
+                for i, r, ok in zip(chunk, batch.rewards.tolist(), batch.valid.tolist(), strict=True):
+                    scores[i] = float(r) if ok else float("nan")
+                bar.update(len(chunk))
+                kept = missed_prompts(scores)
+                if len(kept) >= need:
+                    break
+        write_json(path, {"focus": "missed", "prompts": n, "scanned": len(scores), "kept": kept or order, "scores": scores})
+        if not kept:
+            print(f"hone: rl.focus=missed: every answer scored the same; the steps draw from all {n} train prompts", flush=True)
+            return order
+        print(
+            f"hone: rl.focus=missed: {len(kept)} of the {len(scores)} train prompts answered scored below the best; "
+            "the steps draw from them",
+            flush=True,
+        )
+        return kept
+
     def _prompt_indices(self, step: int) -> list[int]:
-        """The step's prompts: a seeded shuffle per epoch, so a resumed run sees the same order."""
-        n, per_step = len(self.prepared.train_prompts), self.cfg.rl.prompts_per_step
-        out: list[int] = []
-        position = step * per_step
-        while len(out) < per_step:
-            epoch, offset = divmod(position, n)
-            order = list(range(n))
-            random.Random(self.cfg.seed + epoch).shuffle(order)
-            take = order[offset : offset + per_step - len(out)]
-            out += take
-            position += len(take)
-        return out
+        return step_prompts(self.pool, step, self.cfg.rl.prompts_per_step, self.cfg.seed)
 
     def _launch_rollout(self, step: int) -> list[tuple[int, str, tuple, Any]]:
         indices = self._prompt_indices(step)
@@ -489,6 +521,29 @@ def _check_total_demand(roles: Roles) -> None:
             f"the RL roles together need {', '.join(f'{k} {v:g}' for k, v in short.items())} but the cluster has {have} "
             f"({per_role}); {PLACEMENT_FIX}"
         )
+
+
+def step_prompts(pool: list[int], step: int, per_step: int, seed: int) -> list[int]:
+    """A step's prompts, drawn from `pool`: a seeded shuffle per epoch, so a resumed run sees the same order."""
+    n = len(pool)
+    out: list[int] = []
+    position = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(position, n)
+        order = list(range(n))
+        random.Random(seed + epoch).shuffle(order)
+        take = order[offset : offset + per_step - len(out)]
+        out += [pool[i] for i in take]
+        position += len(take)
+    return out
+
+
+def missed_prompts(scores: dict[int, float]) -> list[int]:
+    """The prompts (keys) whose greedy answer scored below the best score any answer got, in order;
+    none when all scored the same. NaN (a reward that failed and was skipped) is never kept."""
+    valid = [v for v in scores.values() if v == v]
+    best = max(valid, default=float("nan"))
+    return [i for i, v in scores.items() if v == v and v < best]
 
 
 def committed_checkpoints(run_dir: Path) -> list[Path]:

@@ -140,6 +140,9 @@ class TrainConfig:
     max_steps: int = 0
     micro_batch_per_device: int = 4
     grad_accum: int = 1
+    # Also export the model at the end of every epoch but the last, to epochs/<n>/ (a model dir like
+    # model/, one full copy each): a pipeline with eval.select_by goes on from the best of them.
+    keep_epoch_models: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,11 @@ class RlConfig:
     # A reward that returns a non-number or NaN, or does not return within rl.reward.timeout_s: fail the
     # run, or skip those samples (they get no gradient).
     on_bad_reward: Literal["fail", "skip"] = "fail"
+    # Which train prompts the steps draw from. missed: before the first step, the starting policy answers
+    # every train prompt greedily, and only those scoring below the best score any answer got are kept
+    # (run_dir/focus.json): the steps go to what the model does not know yet, not to groups that all
+    # answer right and so carry no advantage. all: every prompt.
+    focus: Literal["all", "missed"] = "all"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     rewards: list[RewardSpec] = field(default_factory=list)
     rollout: RoleConfig = field(default_factory=RoleConfig)
@@ -328,6 +336,11 @@ class SynthConfig:
     qa_in_text: float = 0.5
     # Replies are cached here by content (chunk text, generator, prompt): "" is ~/.cache/hone/synth.
     cache_dir: str = path_field("output", "")
+    # Replay against forgetting (self-distillation): the model being tuned, before any training, answers
+    # these general instructions (jsonl rows with a "prompt") greedily; replay.jsonl holds its answers as
+    # chat rows, to mix into the sft data so the tuned model keeps answering the rest of the world as it did.
+    replay_prompts: str = path_field("data", "")
+    replay_max_new_tokens: int = 96
 
 
 @dataclass(frozen=True)
@@ -707,7 +720,7 @@ def _check_storage(cfg: HoneConfig) -> None:
 def _check_synth(cfg: HoneConfig) -> None:
     s, g = cfg.synth, cfg.synth.generator
     _positive(cfg, "synth.chunk_words", "synth.samples", "synth.max_pairs_per_answer", "synth.generator.num_workers")
-    _positive(cfg, "synth.generator.max_new_tokens", "synth.generator.batch_size")
+    _positive(cfg, "synth.generator.max_new_tokens", "synth.generator.batch_size", "synth.replay_max_new_tokens")
     _require(0.0 <= s.qa_in_text <= 1.0, "synth.qa_in_text", s.qa_in_text, "give a share in [0, 1]")
     _non_negative(cfg, "synth.questions_per_style", "synth.generator.cpus", "synth.generator.gpus", "synth.generator.temperature")
     for key, given, known in (

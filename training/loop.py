@@ -43,6 +43,7 @@ class TrainPlan:
     start_from: str | None = None  # a checkpoint folder to start from when the run has none (PBT's clone)
     stored_in: str | None = None  # the checkpoint folder, when on a filesystem: where commit markers go
     committed: str | None = None  # a complete checkpoint Ray had not registered, newer than its last
+    steps_per_epoch: int = 0
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -101,6 +102,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             logger.record.remote(metrics)
             window.append(metrics)
+        if _epoch_ends(cfg, plan, step):
+            epoch_dir = Path(plan.run_dir) / EPOCHS / str(step // plan.steps_per_epoch)
+            export_model(engine, cfg, plan.resolved_model, plan.kind, epoch_dir, tokenizer, rank)
         if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or due or stop or preempted:
             save_checkpoint(engine, step, rank, metrics, plan.run_dir, plan.stored_in, window)
             clock.saved()
@@ -117,6 +121,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     engine.destroy()
     dist.barrier()
     dist.destroy_process_group()
+
+
+EPOCHS = "epochs"  # run_dir/epochs/<n>/: the model after epoch n, with train.keep_epoch_models
+
+
+def _epoch_ends(cfg: HoneConfig, plan: TrainPlan, step: int) -> bool:
+    """An epoch (not the last: that one is model/) ended with this step, and its model is to be kept."""
+    return (
+        cfg.train.keep_epoch_models and plan.steps_per_epoch > 0 and step % plan.steps_per_epoch == 0 and step < plan.total_steps
+    )
 
 
 def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hone.cluster.cli import main
-from hone.cluster.pipeline import load_pipeline
+from hone.cluster.pipeline import first_best, load_pipeline
 from hone.training.config import ConfigError
 from tests.tiny import write_jsonl
 
@@ -52,9 +52,10 @@ def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, 
         f"defaults.model.source={assets['llama']}",
         "defaults.scaling.cpus_per_worker=1",
         "stages.pretrain.train.micro_batch_per_device=2",
-        "stages.sft.train.num_epochs=1",
         "stages.rl.train.max_steps=2",
         f"stages.synth.synth.cache_dir={tmp_path / 'cache'}",
+        "stages.synth.synth.replay_max_new_tokens=8",
+        "stages.synth.synth.generator.cpus=1",
     ]
     assert main(["run", str(pipeline), *overrides]) == 0
     printed = capsys.readouterr().out
@@ -66,10 +67,18 @@ def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, 
     pretrain = yaml.safe_load((Path(stages[1]["run_dir"]) / "config.yaml").read_text())
     assert pretrain["model"]["source"] == str(assets["llama"])  # the synth stage exports no model
     assert pretrain["data"]["train"] == [str(synth / "text.jsonl")]
-    for previous, stage in zip(stages[1:-1], stages[2:], strict=True):
-        config = yaml.safe_load((Path(stage["run_dir"]) / "config.yaml").read_text())
-        assert config["model"]["source"] == str(Path(previous["run_dir"]) / "model")  # starts from the last export
-    assert str(synth / "qa.jsonl") in yaml.safe_load((Path(stages[2]["run_dir"]) / "config.yaml").read_text())["data"]["train"]
+    sft, rl = (yaml.safe_load((Path(s["run_dir"]) / "config.yaml").read_text()) for s in stages[2:])
+    assert sft["model"]["source"] == str(Path(stages[1]["run_dir"]) / "model")  # starts from the last export
+    assert {str(synth / "qa.jsonl"), str(synth / "replay.jsonl")} <= set(sft["data"]["train"])
+    replayed = [json.loads(line) for line in (synth / "replay.jsonl").read_text().splitlines()]
+    assert 0 < len(replayed) <= 48 and all(r["kind"] == "replay" for r in replayed)  # the untuned model's answers
+    # sft kept its first epoch's model; the probes chose between it and the end, and rl went on from the choice
+    selected = stages[2]["selected"]
+    assert selected["by"] == "exact_match/doc_recall" and list(selected["scores"]) == ["epoch 1", "epoch 2 (model/)"]
+    assert (Path(stages[2]["run_dir"]) / "epochs" / "1" / "config.json").exists()
+    assert rl["model"]["source"] == selected["model"]
+    focus = json.loads((Path(stages[3]["run_dir"]) / "focus.json").read_text())
+    assert focus["focus"] == "missed" and focus["kept"]  # rl drew its prompts from those sft still missed
 
     answers = saved["answers"]
     assert list(answers) == ["base", "after pretrain", "after sft", "after rl"]
@@ -126,3 +135,23 @@ def test_a_retention_prompt_without_a_prompt_is_refused_naming_its_row(tmp_path)
 
     with pytest.raises(ConfigError, match=r"general.jsonl row 2: needs a non-empty 'prompt' string"):
         check_answer_eval(load_pipeline(path).eval)
+
+
+def test_the_best_epoch_is_the_first_of_the_highest():
+    assert first_best([0.3, 0.5, 0.5]) == 1 and first_best([0.0, 0.0]) == 0 and first_best([0.1, 0.2]) == 1
+
+
+@pytest.mark.parametrize(
+    ("select_by", "probes", "error"),
+    [
+        ("doc_recall", "p.jsonl", r"eval.select_by='doc_recall' must be exact_match/GROUP or contains/GROUP"),
+        ("exact_match/doc_recall", "", r"eval.select_by chooses on the probes, and eval.probes is empty"),
+    ],
+)
+def test_a_selection_that_cannot_be_made_on_probes_is_refused_at_load(tmp_path, select_by, probes, error):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "Which VPN?", "completion": "Burrow"}])
+    path = tmp_path / "p.yaml"
+    stage = {"mode": "sft", "model": {"source": "org/model"}, "data": {"train": [str(questions)]}}
+    path.write_text(yaml.safe_dump({"eval": {"data": "q.jsonl", "probes": probes, "select_by": select_by}, "stages": [stage]}))
+    with pytest.raises(ConfigError, match=error):
+        load_pipeline(path)

@@ -85,14 +85,26 @@ def test_a_synthesis_killed_midway_resumes_with_the_replies_it_had(tmp_path, ass
 
 @pytest.mark.slow
 def test_the_tuned_model_as_a_local_generator_pool_and_a_rerun_that_asks_it_nothing(tmp_path, assets, local_ray, capsys):
-    overrides = _overrides(tmp_path, assets, "synth.generator.num_workers=2", "synth.generator.batch_size=2")
+    replay = tmp_path / "general.jsonl"
+    replay.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Name a colour.", "What is 2 plus 2?", "Say hello.")))
+    overrides = _overrides(
+        tmp_path,
+        assets,
+        "synth.generator.num_workers=2",
+        "synth.generator.batch_size=2",
+        f"synth.replay_prompts={replay}",
+        "synth.replay_max_new_tokens=6",
+    )
     assert main(_run_args(tmp_path, overrides)) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
     asked = 2 * 3  # 2 chunks x (2 question styles + 1 restatement)
-    assert _cached(tmp_path) == asked
+    assert _cached(tmp_path) == asked + 3  # and the untuned model's answer to each replay prompt
     printed = capsys.readouterr().out
     assert f"{asked} generator replies (0 cached)" in printed
+    replayed = [json.loads(line) for line in (out / "replay.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in replayed] == ["Name a colour.", "What is 2 plus 2?", "Say hello."]
+    assert all(r["kind"] == "replay" and r["messages"][1]["content"] for r in replayed)
     reasons = {reason for c in report["chunks"] for reason in c["rejected"]}
     assert "restatement too short" in reasons  # 8 tokens of nonsense; the QA replies hold no pair to count
     qa = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
@@ -102,7 +114,9 @@ def test_the_tuned_model_as_a_local_generator_pool_and_a_rerun_that_asks_it_noth
     again = [*overrides, f"output_dir={tmp_path / 'again'}"]
     assert main(_run_args(tmp_path, again)) == 0
     assert f"{asked} generator replies ({asked} cached)" in capsys.readouterr().out
-    assert (tmp_path / "again" / "qa.jsonl").read_text() == (out / "qa.jsonl").read_text()
+    assert _cached(tmp_path) == asked + 3
+    for name in ("qa.jsonl", "replay.jsonl"):
+        assert (tmp_path / "again" / name).read_text() == (out / name).read_text()
 
 
 def _free_port() -> int:
