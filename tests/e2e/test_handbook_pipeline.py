@@ -56,6 +56,9 @@ def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, 
         f"stages.synth.synth.cache_dir={tmp_path / 'cache'}",
         "stages.synth.synth.replay_max_new_tokens=8",
         "stages.synth.synth.generator.cpus=1",
+        # the quickstart leaves best-epoch selection off (its last epoch recalled most); this run turns it on
+        "eval.select_by=exact_match/doc_recall",
+        "stages.sft.train.keep_epoch_models=true",
     ]
     assert main(["run", str(pipeline), *overrides]) == 0
     printed = capsys.readouterr().out
