@@ -286,12 +286,14 @@ def run_pipeline(pipeline: Pipeline, address: str | None = None) -> dict[str, An
             )
             if answer_eval and asked and cfg.mode != "synth":
                 model = str(Path(cfg.output_dir).resolve() / "model")
+                after = _answers(out, f"after {stage.name}", cfg, model, answer_eval, asked)
                 if answer_eval.select_by and cfg.train.keep_epoch_models:
-                    selection = _select_epoch(out, stage.name, cfg, answer_eval, asked)
+                    selection = _select_epoch(out, stage.name, cfg, answer_eval, asked, after)
                     results[-1]["selected"] = selection
                     if selection["model"] != model:
                         model = chosen[stage.name] = selection["model"]
-                answers[f"after {stage.name}"] = _answers(out, f"after {stage.name}", cfg, model, answer_eval, asked)
+                        after = _answers(out, f"after {stage.name}", cfg, model, answer_eval, asked)
+                answers[f"after {stage.name}"] = after
             _write(out, stages, results, answers)
     print(format_pipeline_table(results))
     if answer_eval:
@@ -382,19 +384,22 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
     return done[name]["scores"]
 
 
-def _select_epoch(out: Path, name: str, cfg: HoneConfig, spec: AnswerEval, asked: Asked) -> dict[str, Any]:
-    """The stage's epoch models and model/, each asked the probes only; the best by eval.select_by (ties:
-    the earlier epoch, which has seen the new facts fewer times: Gekhman et al., 2024, find that facts
-    learned late in fine-tuning raise hallucination)."""
+def _select_epoch(
+    out: Path, name: str, cfg: HoneConfig, spec: AnswerEval, asked: Asked, last: dict[str, float]
+) -> dict[str, Any]:
+    """The stage's epoch models, each asked the probes only, and model/ (`last`: its answers, already
+    asked); the best by eval.select_by (ties: the earlier epoch, which has seen the new facts fewer
+    times: Gekhman et al., 2024, find that facts learned late in fine-tuning raise hallucination)."""
     from hone.training.loop import EPOCHS
 
     run_dir = Path(cfg.output_dir).resolve()
     epochs = sorted((p for p in (run_dir / EPOCHS).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    probes_only = Asked(asked.fmt, asked.probes, [], "", [])
+    scores = {f"epoch {p.name}": _answers(out, f"{name} epoch {p.name}", cfg, str(p), spec, probes_only) for p in epochs}
+    scores[f"epoch {cfg.train.num_epochs} (model/)"] = last
     candidates = [(f"epoch {p.name}", str(p)) for p in epochs] + [
         (f"epoch {cfg.train.num_epochs} (model/)", str(run_dir / "model"))
     ]
-    probes_only = Asked(asked.fmt, asked.probes, [], "", [])
-    scores = {label: _answers(out, f"{name} {label}", cfg, model, spec, probes_only) for label, model in candidates}
     group = spec.select_by.split("/", 1)[1]
     if not any(spec.select_by in s for s in scores.values()):
         raise ConfigError(f"eval.select_by={spec.select_by!r}: the probes in {spec.probes} hold no rows of group {group!r}")
