@@ -395,15 +395,15 @@ def _select_epoch(
     run_dir = Path(cfg.output_dir).resolve()
     epochs = sorted((p for p in (run_dir / EPOCHS).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
     probes_only = Asked(asked.fmt, asked.probes, [], "", [])
-    scores = {f"epoch {p.name}": _answers(out, f"{name} epoch {p.name}", cfg, str(p), spec, probes_only) for p in epochs}
-    scores[f"epoch {cfg.train.num_epochs} (model/)"] = last
-    candidates = [(f"epoch {p.name}", str(p)) for p in epochs] + [
-        (f"epoch {cfg.train.num_epochs} (model/)", str(run_dir / "model"))
+    candidates = [
+        (f"epoch {p.name}", str(p), _answers(out, f"{name} epoch {p.name}", cfg, str(p), spec, probes_only)) for p in epochs
     ]
+    candidates.append((f"epoch {cfg.train.num_epochs} (model/)", str(run_dir / "model"), last))
+    scores = {label: got for label, _, got in candidates}
     group = spec.select_by.split("/", 1)[1]
     if not any(spec.select_by in s for s in scores.values()):
         raise ConfigError(f"eval.select_by={spec.select_by!r}: the probes in {spec.probes} hold no rows of group {group!r}")
-    label, model = candidates[first_best([scores[label].get(spec.select_by, 0.0) for label, _ in candidates])]
+    label, model, _ = candidates[first_best([got.get(spec.select_by, 0.0) for _, _, got in candidates])]
     values = ", ".join(f"{k} {100 * v.get(spec.select_by, 0.0):.1f}" for k, v in scores.items())
     print(f"hone: pipeline: {name}: {spec.select_by} (%) by epoch: {values}; going on from {label}", flush=True)
     return {"by": spec.select_by, "model": model, "label": label, "scores": {k: v.get(spec.select_by) for k, v in scores.items()}}

@@ -37,7 +37,7 @@ from hone.synth.documents import Chunk, chunk_document, read_documents
 from hone.synth.parse import parse_qa
 from hone.synth.probes import doc_recall_probes
 from hone.synth.quality import EvalOverlap
-from hone.synth.replay import read_replay_prompts, replay_keys, replay_rows
+from hone.synth.replay import ReplayRequest, read_replay_prompts, replay_requests, replay_rows
 from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, missing, plan
 from hone.training.config import HoneConfig
 from hone.training.data import DataError, load_rows
@@ -114,8 +114,8 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     cache = ReplyCache(Path(cfg.synth.cache_dir or Path.home() / ".cache/hone/synth").expanduser())
     requests = plan(prepared.chunks, prepared.recipe, prepared.generator)
     todo = missing(requests, cache)
-    keys = replay_keys(prepared.replay, cfg.model.source, cfg.synth.replay_max_new_tokens)
-    replay_todo = [(k, p) for k, p in zip(keys, prepared.replay, strict=True) if k not in cache]
+    replays = replay_requests(prepared.replay, cfg.model.source, cfg.synth.replay_max_new_tokens)
+    replay_todo = missing(replays, cache)
     needs_ray = (bool(todo) and not cfg.synth.generator.base_url) or bool(replay_todo)
     with ray_session(address) if needs_ray else nullcontext():
         run_dir, state = claim(cfg)
@@ -129,7 +129,7 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
                 _fetch_with_progress(todo, generate, cache, cfg.synth.generator.batch_size)
         if replay_todo:
             _answer_replay(cfg, replay_todo, cache)
-    replay = [str((cache.get(k) or {}).get("reply", "")) for k in keys]
+    replay = [str((cache.get(r.key) or {}).get("reply", "")) for r in replays]
     probes = doc_recall_probes(prepared.chunks, cfg.seed)
     keep_out = EvalOverlap(prepared.eval_questions + [p["messages"][0]["content"] for p in probes])
     synthesis = assemble(prepared.chunks, requests, cache, prepared.recipe, keep_out)
@@ -140,9 +140,9 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     return summary
 
 
-def _answer_replay(cfg: HoneConfig, todo: list[tuple[str, str]], cache: ReplyCache) -> None:
+def _answer_replay(cfg: HoneConfig, todo: list[ReplayRequest], cache: ReplyCache) -> None:
     """The model being tuned answers the replay prompts greedily, on a pool of local actors (whatever writes
-    the other items: replay must be this model's own answers), cached answer by answer."""
+    the other items: replay must be this model's own answers), cached batch by batch."""
     from tqdm.auto import tqdm
 
     from hone.synth.local import LocalPool, LocalSettings
@@ -155,11 +155,8 @@ def _answer_replay(cfg: HoneConfig, todo: list[tuple[str, str]], cache: ReplyCac
     pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
     try:
         with tqdm(total=len(todo), desc="replay answers", unit="answer") as bar:
-            for start in range(0, len(todo), g.batch_size * g.num_workers):
-                batch = todo[start : start + g.batch_size * g.num_workers]
-                for (key, _), reply in zip(batch, pool.generate([p for _, p in batch]), strict=True):
-                    cache.put(key, {"reply": reply})
-                bar.update(len(batch))
+            for done in fetch(todo, pool.generate, cache, g.batch_size * g.num_workers):
+                bar.update(done)
     finally:
         pool.shutdown()
 

@@ -314,9 +314,10 @@ class Controller:
         random.Random(self.cfg.seed).shuffle(order)
         scores: dict[int, float] = {}
         kept: list[int] = []
+        size = max(4 * per_step, 64)  # prompts answered at a time
         with tqdm(total=n, desc="rl.focus: answering the train prompts", unit="prompt") as bar:
-            for start in range(0, n, max(4 * per_step, 64)):
-                chunk = order[start : start + max(4 * per_step, 64)]
+            for start in range(0, n, size):
+                chunk = order[start : start + size]
                 rows = [p.train_rows[i] for i in chunk]
                 greedy = self._generate([p.train_prompts[i] for i in chunk], rows, 1, greedy=True, seed=self.cfg.seed)
                 batch, _, _ = self._score(concat(self._collect(self.roles.rollout, greedy)))

@@ -8,6 +8,7 @@ point is to keep its behaviour, not to teach it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,18 @@ def replay_keys(prompts: list[str], model: str, max_new_tokens: int) -> list[str
     """Cache keys of the model's greedy answers: a new model, prompt or length asks again."""
     who = f"replay|{model}|greedy|max_new_tokens={max_new_tokens}"
     return [reply_key("", who, p) for p in prompts]
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    prompt: str
+    key: str
+
+
+def replay_requests(prompts: list[str], model: str, max_new_tokens: int) -> list[ReplayRequest]:
+    """One request per prompt, for hone.synth.step's `missing` and `fetch`."""
+    keys = replay_keys(prompts, model, max_new_tokens)
+    return [ReplayRequest(p, k) for p, k in zip(prompts, keys, strict=True)]
 
 
 def whole_sentences(text: str) -> str:

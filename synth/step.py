@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from hone.synth.cache import ReplyCache, reply_key
 from hone.synth.documents import Chunk
@@ -18,6 +18,19 @@ from hone.synth.quality import EvalOverlap, NearDuplicates, normalize, why_ungro
 from hone.synth.templates import template_qa, template_restatements
 
 Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each, in order
+
+
+class Prompted(Protocol):
+    """What `missing` and `fetch` need of a request: its prompt and the cache key its reply is kept under."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+P = TypeVar("P", bound=Prompted)
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,11 @@ def plan(chunks: list[Chunk], recipe: Recipe, generator: str) -> list[Request]:
     return requests
 
 
-def missing(requests: list[Request], cache: ReplyCache) -> list[Request]:
+def missing(requests: list[P], cache: ReplyCache) -> list[P]:
     return [r for r in requests if r.key not in cache]
 
 
-def fetch(todo: list[Request], generate: Generate, cache: ReplyCache, batch_size: int) -> Iterator[int]:
+def fetch(todo: list[P], generate: Generate, cache: ReplyCache, batch_size: int) -> Iterator[int]:
     """Ask for the replies in `todo`, a batch at a time, caching each batch as it arrives (a kill loses
     at most the batch in flight); yields how many were done after each batch, for a progress bar."""
     for start in range(0, len(todo), batch_size):
