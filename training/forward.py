@@ -22,18 +22,21 @@ from hone.training.losses import (
 from hone.training.tokens import Example
 
 
-def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, Any]:
+def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str, label_smoothing: float = 0.0) -> tuple[Any, Any]:
+    """(summed loss, target count) of a token batch; `label_smoothing` only for training, held-out losses
+    are plain cross-entropy."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
     if kind == "masked":
-        return masked_lm_loss_sum(model(**inputs).logits, labels)
+        return masked_lm_loss_sum(model(**inputs).logits, labels, label_smoothing)
     # No KV cache: transformers only builds the block-diagonal mask of packed rows when there is none.
     if not takes_logits_to_keep(model):
-        return causal_lm_loss_sum(model(**inputs, use_cache=False).logits, labels)
+        return causal_lm_loss_sum(model(**inputs, use_cache=False).logits, labels, label_smoothing)
     # Project to the vocabulary only where a target is predicted: the same loss, and an sft step of
     # SmolLM2-135M on the handbook's short answers takes 0.88x the time on 2 CPU cores (bench/sft_logits.py).
     positions = target_positions(labels)
-    return kept_lm_loss_sum(model(**inputs, use_cache=False, logits_to_keep=positions).logits, labels, positions)
+    logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
+    return kept_lm_loss_sum(logits, labels, positions, label_smoothing)
 
 
 def takes_logits_to_keep(model: Any) -> bool:
@@ -55,7 +58,7 @@ def step_loss_sum(model: Any, batch: dict[str, Any], kind: str, cfg: HoneConfig)
     """The training loss of one micro-batch as (sum, count): over target tokens for pretrain and sft,
     over pairs for dpo and reward, so `mean_loss` and the cross-rank averages work the same for all."""
     if cfg.mode not in PREFERENCE_MODES:
-        return forward_loss_sum(model, batch, kind)
+        return forward_loss_sum(model, batch, kind, cfg.train.label_smoothing)
     losses, _ = pair_losses(model, batch, cfg.mode, cfg.dpo.beta)
     weights = batch["pair_mask"]
     return (losses * weights).sum(), weights.sum()

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_lm_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy and the number of target tokens.
 
     Position t predicts labels[t + 1]; tokens labelled -100 (prompts, padding) count for nothing.
     Returning the sum and the count lets callers average over a batch or over many ranks exactly.
     """
-    return masked_lm_loss_sum(logits[:, :-1, :], labels[:, 1:])
+    return masked_lm_loss_sum(logits[:, :-1, :], labels[:, 1:], label_smoothing)
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -26,16 +28,28 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(-1)
 
 
-def kept_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_lm_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`causal_lm_loss_sum` for logits computed at `positions` only (logits[:, k] is position positions[k])."""
-    return masked_lm_loss_sum(logits, labels[:, positions + 1])
+    return masked_lm_loss_sum(logits, labels[:, positions + 1], label_smoothing)
 
 
-def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_lm_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy where labels are not IGNORE, each position predicting its own label: the
-    masked-LM loss, and the causal losses above once they have lined logits up with next tokens."""
+    masked-LM loss, and the causal losses above once they have lined logits up with next tokens.
+
+    With `label_smoothing` e the target is (1 - e) on the label plus e spread evenly over the vocabulary,
+    so a memorised answer no longer pays for a probability of exactly 1: training with it keeps the model
+    from growing overconfident on everything else (train.label_smoothing)."""
     loss_sum = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits.float().reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
     return loss_sum, (labels != IGNORE).sum()
 

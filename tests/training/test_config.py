@@ -32,6 +32,8 @@ def test_unknown_key_suggests_nearest():
         ("train.grad_accum=two", r"train\.grad_accum='two' must be a whole number"),
         ("deepspeed.offload_params=true", r"parameter offload needs deepspeed\.zero_stage=3"),
         ("data.eval=1.5", r"data\.eval=1\.5 is invalid"),
+        ("train.label_smoothing=1.0", r"train\.label_smoothing=1\.0 is invalid: use a value in \[0, 1\)"),
+        ("train.label_smoothing=-0.1", r"train\.label_smoothing=-0\.1 is invalid: it must be 0 or more"),
     ],
 )
 def test_invalid_values_name_field_value_and_fix(override: str, message: str):

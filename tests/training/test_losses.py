@@ -48,6 +48,25 @@ def test_loss_on_kept_positions_equals_the_full_loss():
     assert torch.isclose(kept[0], full[0])
 
 
+def test_label_smoothing_matches_hand_computation_and_zero_is_plain_cross_entropy():
+    # Vocabulary of 4, one target with p = 1/2 on the label and 1/6 on each other token.
+    logits = torch.log(torch.tensor([[[0.5, 1 / 6, 1 / 6, 1 / 6], [0.25, 0.25, 0.25, 0.25]]]))
+    labels = torch.tensor([[0, IGNORE]])
+    plain, n = masked_lm_loss_sum(logits, labels)
+    assert int(n) == 1 and torch.isclose(plain, torch.tensor(-math.log(0.5)))
+    assert torch.equal(masked_lm_loss_sum(logits, labels, 0.0)[0], plain)
+    # target: 0.9 on the label plus 0.1 / 4 on every token (the label included); ignored rows still count 0
+    smoothed, n = masked_lm_loss_sum(logits, labels, 0.1)
+    expected = -(0.9 + 0.025) * math.log(0.5) - 3 * 0.025 * math.log(1 / 6)
+    assert int(n) == 1 and torch.isclose(smoothed, torch.tensor(expected))
+    # the causal and kept variants pass it on
+    causal = torch.cat([torch.zeros(1, 1, 4), logits[:, :1], torch.zeros(1, 1, 4)], dim=1)  # position 1 predicts token 2
+    shifted = torch.tensor([[IGNORE, IGNORE, 0]])
+    assert torch.isclose(causal_lm_loss_sum(causal, shifted, 0.1)[0], smoothed)
+    positions = target_positions(shifted)
+    assert torch.isclose(kept_lm_loss_sum(causal[:, positions], shifted, positions, 0.1)[0], smoothed)
+
+
 def test_masked_loss_uses_unshifted_positions():
     logits = torch.zeros(1, 2, 4)
     labels = torch.tensor([[2, IGNORE]])
