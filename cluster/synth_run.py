@@ -114,7 +114,10 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     cache = ReplyCache(Path(cfg.synth.cache_dir or Path.home() / ".cache/hone/synth").expanduser())
     requests = plan(prepared.chunks, prepared.recipe, prepared.generator)
     todo = missing(requests, cache)
-    replays = replay_requests(prepared.replay, cfg.model.source, cfg.synth.replay_max_new_tokens)
+    sy = cfg.synth
+    replays = replay_requests(
+        prepared.replay, cfg.model.source, sy.replay_max_new_tokens, sy.replay_temperature, sy.replay_samples
+    )
     replay_todo = missing(replays, cache)
     needs_ray = (bool(todo) and not cfg.synth.generator.base_url) or bool(replay_todo)
     with ray_session(address) if needs_ray else nullcontext():
@@ -133,25 +136,25 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     probes = doc_recall_probes(prepared.chunks, cfg.seed)
     keep_out = EvalOverlap(prepared.eval_questions + [p["messages"][0]["content"] for p in probes])
     synthesis = assemble(prepared.chunks, requests, cache, prepared.recipe, keep_out)
-    summary = _write_outputs(
-        run_dir, synthesis, probes, replay_rows(prepared.replay, replay, cfg.synth.replay_prompts), cfg, time.time() - started
-    )
+    replayed = replay_rows([r.prompt for r in replays], replay, sy.replay_prompts)
+    summary = _write_outputs(run_dir, synthesis, probes, replayed, cfg, time.time() - started)
     finish_run(run_dir, summary)
     return summary
 
 
 def _answer_replay(cfg: HoneConfig, todo: list[ReplayRequest], cache: ReplyCache) -> None:
-    """The model being tuned answers the replay prompts greedily, on a pool of local actors (whatever writes
-    the other items: replay must be this model's own answers), cached batch by batch."""
+    """The model being tuned answers the replay prompts (greedily, or sampled at synth.replay_temperature
+    with nothing cut from the distribution) on a pool of local actors, whatever writes the other items:
+    replay must be this model's own answers. Cached batch by batch."""
     from tqdm.auto import tqdm
 
     from hone.synth.local import LocalPool, LocalSettings
     from hone.training.models import resolve_source
 
     g = cfg.synth.generator
-    settings = LocalSettings(
-        resolve_source(cfg.model.source), cfg.synth.replay_max_new_tokens, 0.0, batch_size=g.batch_size, seed=cfg.seed
-    )
+    sy = cfg.synth
+    source = resolve_source(cfg.model.source)
+    settings = LocalSettings(source, sy.replay_max_new_tokens, sy.replay_temperature, 1.0, g.batch_size, cfg.seed)
     pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
     try:
         with tqdm(total=len(todo), desc="replay answers", unit="answer") as bar:

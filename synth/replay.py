@@ -3,6 +3,11 @@ anything, and those answers go back into its training data, so tuning on the doc
 its answers to everything else along (self-distillation; Yang et al., 2024, "Self-Distillation Bridges
 Distribution Gap in Language Model Fine-Tuning"). The answers are the model's own, right or wrong: the
 point is to keep its behaviour, not to teach it.
+
+Greedy answers (the default) keep what the model says; answers sampled at temperature 1 (several per
+prompt: synth.replay_temperature, synth.replay_samples) are draws from its whole distribution, so
+training on them pulls the tuned model's probabilities back toward the untuned model's (the cross-entropy
+on them is, in expectation, the KL divergence from it plus a constant) instead of only its top choice.
 """
 
 from __future__ import annotations
@@ -31,22 +36,20 @@ def read_replay_prompts(path: str) -> list[str]:
     return prompts
 
 
-def replay_keys(prompts: list[str], model: str, max_new_tokens: int) -> list[str]:
-    """Cache keys of the model's greedy answers: a new model, prompt or length asks again."""
-    who = f"replay|{model}|greedy|max_new_tokens={max_new_tokens}"
-    return [reply_key("", who, p) for p in prompts]
-
-
 @dataclass(frozen=True)
 class ReplayRequest:
     prompt: str
     key: str
 
 
-def replay_requests(prompts: list[str], model: str, max_new_tokens: int) -> list[ReplayRequest]:
-    """One request per prompt, for hone.synth.step's `missing` and `fetch`."""
-    keys = replay_keys(prompts, model, max_new_tokens)
-    return [ReplayRequest(p, k) for p, k in zip(prompts, keys, strict=True)]
+def replay_requests(
+    prompts: list[str], model: str, max_new_tokens: int, temperature: float = 0.0, samples: int = 1
+) -> list[ReplayRequest]:
+    """`samples` requests per prompt, for hone.synth.step's `missing` and `fetch`, keyed for the cache: a
+    new model, prompt, length, temperature or sample number asks again."""
+    decoding = "greedy" if temperature == 0 else f"temperature={temperature}"
+    who = f"replay|{model}|{decoding}|max_new_tokens={max_new_tokens}"
+    return [ReplayRequest(p, reply_key("", who, p, sample)) for p in prompts for sample in range(samples)]
 
 
 def whole_sentences(text: str) -> str:

@@ -346,6 +346,10 @@ class SynthConfig:
     # chat rows, to mix into the sft data so the tuned model keeps answering the rest of the world as it did.
     replay_prompts: str = path_field("data", "")
     replay_max_new_tokens: int = 96
+    # 0 answers greedily. 1.0 with several samples per prompt draws from the model's whole distribution:
+    # training on those keeps its probabilities, not only its top choice (greedy answers sharpen it).
+    replay_temperature: float = 0.0
+    replay_samples: int = 1
 
 
 @dataclass(frozen=True)
@@ -727,6 +731,14 @@ def _check_synth(cfg: HoneConfig) -> None:
     s, g = cfg.synth, cfg.synth.generator
     _positive(cfg, "synth.chunk_words", "synth.samples", "synth.max_pairs_per_answer", "synth.generator.num_workers")
     _positive(cfg, "synth.generator.max_new_tokens", "synth.generator.batch_size", "synth.replay_max_new_tokens")
+    _positive(cfg, "synth.replay_samples")
+    _non_negative(cfg, "synth.replay_temperature")
+    _require(
+        cfg.synth.replay_samples == 1 or cfg.synth.replay_temperature > 0,
+        "synth.replay_samples",
+        cfg.synth.replay_samples,
+        "greedy answers to one prompt are all the same; set synth.replay_temperature (e.g. 1.0) or use 1 sample",
+    )
     _require(0.0 <= s.qa_in_text <= 1.0, "synth.qa_in_text", s.qa_in_text, "give a share in [0, 1]")
     _non_negative(cfg, "synth.questions_per_style", "synth.generator.cpus", "synth.generator.gpus", "synth.generator.temperature")
     for key, given, known in (

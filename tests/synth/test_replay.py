@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hone.cluster.cli import main
-from hone.synth.replay import replay_keys, replay_rows, whole_sentences
+from hone.synth.replay import replay_requests, replay_rows, whole_sentences
+from hone.training.config import ConfigError, load_config
 
 
 def test_an_answer_cut_at_the_token_limit_keeps_its_whole_sentences_only():
@@ -27,10 +30,29 @@ def test_replay_rows_are_chat_rows_and_skip_empty_answers():
     ]
 
 
-def test_the_cache_key_changes_with_the_model_the_prompt_and_the_length():
+def replay_keys(prompts: list[str], model: str, max_new_tokens: int, temperature: float = 0.0, samples: int = 1) -> list[str]:
+    return [r.key for r in replay_requests(prompts, model, max_new_tokens, temperature, samples)]
+
+
+def test_the_cache_key_changes_with_the_model_the_prompt_the_length_and_the_sampling():
     base = replay_keys(["a"], "m1", 96)
     assert base == replay_keys(["a"], "m1", 96)
-    assert len({*base, *replay_keys(["b"], "m1", 96), *replay_keys(["a"], "m2", 96), *replay_keys(["a"], "m1", 64)}) == 4
+    others = [
+        replay_keys(["b"], "m1", 96),
+        replay_keys(["a"], "m2", 96),
+        replay_keys(["a"], "m1", 64),
+        replay_keys(["a"], "m1", 96, temperature=1.0),
+    ]
+    assert len({*base, *(k for keys in others for k in keys)}) == 5
+    sampled = replay_requests(["a", "b"], "m1", 96, temperature=1.0, samples=3)
+    assert [r.prompt for r in sampled] == ["a", "a", "a", "b", "b", "b"]  # one request per sample, each its own key
+    assert len({r.key for r in sampled}) == 6 and sampled[0].key == others[3][0]
+
+
+def test_several_greedy_samples_are_refused_at_load(assets):
+    args = [f"model.source={assets['llama']}", "mode=synth", "data.train=[x]", "synth.replay_samples=4"]
+    with pytest.raises(ConfigError, match=r"synth\.replay_samples=4 is invalid: greedy answers to one prompt are all the same"):
+        load_config(None, args)
 
 
 def test_a_replay_prompt_row_without_a_prompt_is_refused_by_validate(tmp_path, assets, capsys):

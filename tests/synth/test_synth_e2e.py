@@ -94,17 +94,22 @@ def test_the_tuned_model_as_a_local_generator_pool_and_a_rerun_that_asks_it_noth
         "synth.generator.batch_size=2",
         f"synth.replay_prompts={replay}",
         "synth.replay_max_new_tokens=6",
+        "synth.replay_temperature=1.0",  # sampled replay, two answers per prompt (greedy: the handbook e2e test)
+        "synth.replay_samples=2",
     )
     assert main(_run_args(tmp_path, overrides)) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
     asked = 2 * 3  # 2 chunks x (2 question styles + 1 restatement)
-    assert _cached(tmp_path) == asked + 3  # and the untuned model's answer to each replay prompt
+    assert _cached(tmp_path) == asked + 6  # and the untuned model's two answers to each replay prompt
     printed = capsys.readouterr().out
     assert f"{asked} generator replies (0 cached)" in printed
     replayed = [json.loads(line) for line in (out / "replay.jsonl").read_text().splitlines()]
-    assert [r["messages"][0]["content"] for r in replayed] == ["Name a colour.", "What is 2 plus 2?", "Say hello."]
+    prompts = ["Name a colour.", "Name a colour.", "What is 2 plus 2?", "What is 2 plus 2?", "Say hello.", "Say hello."]
+    assert [r["messages"][0]["content"] for r in replayed] == prompts
     assert all(r["kind"] == "replay" and r["messages"][1]["content"] for r in replayed)
+    answers = [r["messages"][1]["content"] for r in replayed]
+    assert answers[0::2] != answers[1::2]  # sampled: the two answers to a prompt are draws, not one answer twice
     reasons = {reason for c in report["chunks"] for reason in c["rejected"]}
     assert "restatement too short" in reasons  # 8 tokens of nonsense; the QA replies hold no pair to count
     qa = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
@@ -114,7 +119,7 @@ def test_the_tuned_model_as_a_local_generator_pool_and_a_rerun_that_asks_it_noth
     again = [*overrides, f"output_dir={tmp_path / 'again'}"]
     assert main(_run_args(tmp_path, again)) == 0
     assert f"{asked} generator replies ({asked} cached)" in capsys.readouterr().out
-    assert _cached(tmp_path) == asked + 3
+    assert _cached(tmp_path) == asked + 6
     for name in ("qa.jsonl", "replay.jsonl"):
         assert (tmp_path / "again" / name).read_text() == (out / name).read_text()
 
