@@ -74,7 +74,8 @@ def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, 
     assert sft["model"]["source"] == str(Path(stages[1]["run_dir"]) / "model")  # starts from the last export
     assert {str(synth / "qa.jsonl"), str(synth / "replay.jsonl")} <= set(sft["data"]["train"])
     replayed = [json.loads(line) for line in (synth / "replay.jsonl").read_text().splitlines()]
-    assert 0 < len(replayed) <= 48 and all(r["kind"] == "replay" for r in replayed)  # the untuned model's answers
+    samples = yaml.safe_load((synth / "config.yaml").read_text())["synth"]["replay_samples"]
+    assert 0 < len(replayed) <= 48 * samples and all(r["kind"] == "replay" for r in replayed)  # the untuned model's answers
     # sft kept its first epoch's model; the probes chose between it and the end, and rl went on from the choice
     selected = stages[2]["selected"]
     assert selected["by"] == "exact_match/doc_recall" and list(selected["scores"]) == ["epoch 1", "epoch 2 (model/)"]
