@@ -42,15 +42,13 @@ def measure(source: str, ids: list[int], window: int) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from hone.training.evaluate import text_windows
     from hone.training.models import resolve_source
 
     model = AutoModelForCausalLM.from_pretrained(resolve_source(source), dtype=torch.float32).eval()
     logits, targets = [], []
-    # the windows of hone.training.evaluate.text_loss: overlapping by one, every token after the first predicted once
-    for start in range(0, max(len(ids) - 1, 1), window - 1):
-        piece = torch.tensor([ids[start : start + window]])
-        if piece.shape[1] < 2:
-            break
+    for chunk in text_windows(ids, window):  # the windows of hone's retention/loss
+        piece = torch.tensor([chunk])
         with torch.no_grad():
             logits.append(model(input_ids=piece).logits[0, :-1].float())
         targets.append(piece[0, 1:])

@@ -77,15 +77,19 @@ def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     total, count = 0.0, 0
-    # windows of `window` tokens that overlap by one, so every token after the first is predicted once
-    for start in range(0, max(len(ids) - 1, 1), window - 1):
-        piece = torch.tensor([ids[start : start + window]], device=model.device)
-        if piece.shape[1] < 2:
-            break
+    for chunk in text_windows(ids, window):
+        piece = torch.tensor([chunk], device=model.device)
         with torch.no_grad():
             loss = model(input_ids=piece, labels=piece).loss
         total, count = total + float(loss) * (piece.shape[1] - 1), count + piece.shape[1] - 1
     return total / max(count, 1)
+
+
+def text_windows(ids: list[int], window: int) -> list[list[int]]:
+    """`ids` in windows of `window` tokens that overlap by one, so every token after the first is
+    predicted exactly once; a last window of a single token predicts nothing and is left out."""
+    starts = range(0, max(len(ids) - 1, 1), window - 1)
+    return [ids[start : start + window] for start in starts if len(ids[start : start + window]) >= 2]
 
 
 def answer_agreement(answers: list[str], reference: list[str]) -> float:
