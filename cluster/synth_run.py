@@ -42,6 +42,7 @@ from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, mis
 from hone.training.config import HoneConfig
 from hone.training.data import DataError, load_rows
 from hone.training.files import write_json, write_text
+from hone.training.models import model_identity
 
 FILES = {"qa": "qa.jsonl", "text": "text.jsonl", "rl": "rl.jsonl", "probes": "probes.jsonl", "replay": "replay.jsonl"}
 
@@ -101,7 +102,7 @@ def _generator_id(cfg: HoneConfig) -> str:
     elif g.source == "none":
         return "none"
     else:
-        who = cfg.model.source if g.source == "tuned" else g.source
+        who = model_identity(cfg.model.source if g.source == "tuned" else g.source)
     return f"{who}|max_new_tokens={g.max_new_tokens}|temperature={g.temperature}"
 
 
@@ -116,7 +117,7 @@ def run_synth(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
     todo = missing(requests, cache)
     sy = cfg.synth
     replays = replay_requests(
-        prepared.replay, cfg.model.source, sy.replay_max_new_tokens, sy.replay_temperature, sy.replay_samples
+        prepared.replay, model_identity(cfg.model.source), sy.replay_max_new_tokens, sy.replay_temperature, sy.replay_samples
     )
     replay_todo = missing(replays, cache)
     needs_ray = (bool(todo) and not cfg.synth.generator.base_url) or bool(replay_todo)

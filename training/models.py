@@ -14,6 +14,7 @@ from typing import Any
 
 from hone.training.config import LoraConfig, ModelConfig
 from hone.training.errors import HoneError
+from hone.training.files import write_text
 
 CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
 # A reward model's score head is new (random) on top of the base model. Drawing it from a fixed seed makes
@@ -47,11 +48,48 @@ def resolve_source(source: str) -> str:
     return str(path)
 
 
-def convert_gguf(path: Path) -> Path:
-    """Dequantize a GGUF file into an ordinary HF directory, once; later calls reuse the cache."""
+def model_identity(source: str) -> str:
+    """What a model is, for the caches of what it generated: a hub id as given; a local directory or GGUF
+    file by the sha256 of its contents. A path would be wrong both ways: a copy of the model elsewhere (a
+    fresh clone's .venv) would miss the cache, and a model rewritten in place (an earlier stage's output on
+    a rerun) would hit answers it never gave. Dot-folders (a hub download's .cache) are left out."""
+    if not looks_like_path(source):
+        return source
+    path = Path(source).expanduser().resolve()
+    if not path.exists():  # an earlier stage's model, not written yet: fingerprinted when the stage runs
+        return str(path)
+    if path.is_file():
+        return f"sha256:{file_sha256(path)}"
+    names = sorted(
+        f.relative_to(path).as_posix()
+        for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
+    listing = "".join(f"{name}\0{file_sha256(path / name)}\n" for name in names)
+    return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, remembered under its path, size and mtime so that a model of many
+    gigabytes is read once, not on every run."""
     stat = path.stat()
-    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = CACHE_DIR / "gguf" / f"{path.stem}-{key}"
+    seen = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    memo = CACHE_DIR / "sha256" / seen
+    if memo.exists():
+        return memo.read_text(encoding="utf-8").strip()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_text(memo, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantize a GGUF file into an ordinary HF directory, once per content (a copy of the same file
+    elsewhere reuses it); later calls reuse the cache."""
+    out = CACHE_DIR / "gguf" / f"{path.stem}-{file_sha256(path)[:16]}"
     if (out / "config.json").exists():
         return out
     import torch
