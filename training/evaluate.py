@@ -88,8 +88,8 @@ def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
 def text_windows(ids: list[int], window: int) -> list[list[int]]:
     """`ids` in windows of `window` tokens that overlap by one, so every token after the first is
     predicted exactly once; a last window of a single token predicts nothing and is left out."""
-    starts = range(0, max(len(ids) - 1, 1), window - 1)
-    return [ids[start : start + window] for start in starts if len(ids[start : start + window]) >= 2]
+    chunks = (ids[start : start + window] for start in range(0, max(len(ids) - 1, 1), window - 1))
+    return [chunk for chunk in chunks if len(chunk) >= 2]
 
 
 def answer_agreement(answers: list[str], reference: list[str]) -> float:

@@ -80,6 +80,16 @@ def fingerprint(path: Path) -> str:
     file in it). An edit in place, or a retrained model export (written anew and renamed), changes it.
     Contents are not hashed: a corpus of many GB would cost minutes on every start."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = files_in(path)
     parts = [f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def files_in(path: Path, hidden: bool = True) -> list[Path]:
+    """`path` itself if it is a file, else every file below it, sorted; `hidden=False` leaves out files
+    inside dot-folders and dot-files (a hub download's .cache)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return files if hidden else [p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)]

@@ -14,7 +14,7 @@ from typing import Any
 
 from hone.training.config import LoraConfig, ModelConfig
 from hone.training.errors import HoneError
-from hone.training.files import write_text
+from hone.training.files import files_in, write_text
 
 CACHE_DIR = Path(os.environ.get("HONE_CACHE", Path.home() / ".cache" / "hone"))
 # A reward model's score head is new (random) on top of the base model. Drawing it from a fixed seed makes
@@ -60,12 +60,7 @@ def model_identity(source: str) -> str:
         return str(path)
     if path.is_file():
         return f"sha256:{file_sha256(path)}"
-    names = sorted(
-        f.relative_to(path).as_posix()
-        for f in path.rglob("*")
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
-    )
-    listing = "".join(f"{name}\0{file_sha256(path / name)}\n" for name in names)
+    listing = "".join(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n" for f in files_in(path, hidden=False))
     return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
 
 
