@@ -134,13 +134,15 @@ def _epoch_ends(cfg: HoneConfig, plan: TrainPlan, step: int) -> bool:
 
 
 def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
-    from hone.training.models import add_lora, load_model, load_tokenizer
+    from hone.training.models import add_lora, compile_blocks, load_model, load_tokenizer
 
     cfg = plan.config
     tokenizer = load_tokenizer(cfg.model, plan.resolved_model)
     model = load_model(cfg.model, plan.resolved_model, plan.kind)
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora, plan.kind)
+    if cfg.train.compile:
+        compile_blocks(model)
     return initialize_engine(model, cfg, plan.total_steps), tokenizer
 
 
@@ -267,5 +269,6 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
         "num_params": len(params),
         "num_params_local_empty": sum(1 for p in params if p.numel() == 0),
         "torch_threads": torch.get_num_threads(),
+        "compiled_blocks": sum(1 for m in engine.module.modules() if getattr(m, "_compiled_call_impl", None) is not None),
         "niceness": os.nice(0),
     }

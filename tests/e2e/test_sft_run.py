@@ -41,6 +41,13 @@ def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+def test_compiled_run_trains_its_blocks_compiled_and_learns(assets, tmp_path):
+    out = tmp_path / "run"
+    summary = run(load_config(None, sft_overrides(assets, out, "train.compile=true")))
+    assert summary["workers"][0]["compiled_blocks"] == 2  # the tiny Llama's two decoder layers
+    assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"] - 0.5
+
+
 def test_rerunning_a_finished_run_does_not_train_again(assets, tmp_path):
     out = tmp_path / "run"
     first = run(load_config(None, sft_overrides(assets, out, "train.max_steps=4")))

@@ -41,6 +41,14 @@ def test_invalid_values_name_field_value_and_fix(override: str, message: str):
         load_config(None, base(override))
 
 
+def test_compile_is_refused_where_it_would_not_apply():
+    with pytest.raises(ConfigError, match=r"train\.compile=True is invalid: ZeRO-3 gathers parameters"):
+        load_config(None, base("train.compile=true", "deepspeed.zero_stage=3"))
+    with pytest.raises(ConfigError, match=r"train\.compile=True is invalid: the rl policy is not compiled yet"):
+        load_config(None, base("train.compile=true", "mode=rl"))
+    assert load_config(None, base("train.compile=true", "deepspeed.zero_stage=2")).train.compile
+
+
 def test_missing_model_and_data_are_errors():
     with pytest.raises(ConfigError, match=r"model\.source"):
         load_config(None, ["data.train=[/d.jsonl]"])
