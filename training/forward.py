@@ -19,6 +19,7 @@ from hone.training.losses import (
     masked_lm_loss_sum,
     target_positions,
 )
+from hone.training.models import hf_model
 from hone.training.tokens import Example
 
 
@@ -42,11 +43,7 @@ def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str, label_smoothi
 def takes_logits_to_keep(model: Any) -> bool:
     """Whether the Hugging Face model under DeepSpeed's and peft's wrappers accepts `logits_to_keep`
     (recent transformers causal LMs do; older architectures such as GPT-2 may not)."""
-    while hasattr(model, "module"):  # a DeepSpeed engine
-        model = model.module
-    if hasattr(model, "get_base_model"):  # a peft model
-        model = model.get_base_model()
-    return _forward_takes(type(model).forward, "logits_to_keep")
+    return _forward_takes(type(hf_model(model)).forward, "logits_to_keep")
 
 
 @cache

@@ -260,6 +260,8 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
     import ray
     import torch
 
+    from hone.training.models import compiled_blocks
+
     params = list(engine.module.parameters())
     return {
         "rank": rank,
@@ -269,6 +271,6 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
         "num_params": len(params),
         "num_params_local_empty": sum(1 for p in params if p.numel() == 0),
         "torch_threads": torch.get_num_threads(),
-        "compiled_blocks": sum(1 for m in engine.module.modules() if getattr(m, "_compiled_call_impl", None) is not None),
+        "compiled_blocks": compiled_blocks(engine.module),
         "niceness": os.nice(0),
     }

@@ -205,7 +205,7 @@ def compile_blocks(module: Any) -> int:
     if not torch.cuda.is_available() and not _cpp_compiler():
         print("hone: train.compile needs a C++ compiler on CPU (install g++); training uncompiled", flush=True)
         return 0
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    base = hf_model(module)
     kinds = set(getattr(base, "_no_split_modules", None) or ())
     blocks = [m for m in base.modules() if type(m).__name__ in kinds]
     for block in blocks:
@@ -213,6 +213,20 @@ def compile_blocks(module: Any) -> int:
     if not blocks:
         print(f"hone: train.compile found no transformer blocks in {type(base).__name__}; training uncompiled", flush=True)
     return len(blocks)
+
+
+def compiled_blocks(module: Any) -> int:
+    """How many of `module`'s submodules run compiled (what `compile_blocks` did, read back)."""
+    return sum(1 for m in module.modules() if getattr(m, "_compiled_call_impl", None) is not None)
+
+
+def hf_model(model: Any) -> Any:
+    """The Hugging Face model under DeepSpeed's engine and peft's wrapper, whichever are there."""
+    while hasattr(model, "module"):  # a DeepSpeed engine
+        model = model.module
+    if hasattr(model, "get_base_model"):  # a peft model
+        model = model.get_base_model()
+    return model
 
 
 def _cpp_compiler() -> str | None:
