@@ -186,7 +186,12 @@ def format_stats(stats: dict, cfg: HoneConfig) -> str:
             f"{split} truncated:  {d['truncated']} rows {what}; dropped: {dropped}",
         ]
     lines += [
-        f"packing:          {'on' if cfg.data.packing else 'off'} -> {stats['train_sequences_after_packing']} training sequences",
+        f"packing:          {'on' if cfg.data.packing else 'off'} -> {stats['train_sequences_after_packing']} training sequences"
+        + (
+            f", the {shared} prompt tokens every row starts with once per sequence"
+            if (shared := stats["shared_prefix_tokens"])
+            else ""
+        ),
         "# batches",
         f"global batch:     {stats['global_batch']} = micro_batch_per_device {t.micro_batch_per_device} x grad_accum "
         f"{t.grad_accum} x num_workers {s.num_workers}",

@@ -40,7 +40,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     position_ids keep sequences apart, and the padding becomes one more (ignored) sequence."""
     width = max(len(e["input_ids"]) for e in examples)
     packed = "position_ids" in examples[0]
-    input_ids, labels, attention, positions = [], [], [], []
+    input_ids, labels, attention, positions, segments = [], [], [], [], []
     for e in examples:
         pad = width - len(e["input_ids"])
         input_ids.append(e["input_ids"] + [pad_id] * pad)
@@ -51,15 +51,29 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         attention.append([1] * len(e["input_ids"]) + [0] * pad)
         if packed:
             positions.append(e["position_ids"] + list(range(pad)))
+        if "segment_ids" in e:
+            segments.append(e["segment_ids"] + [-1] * pad)
     batch = {"input_ids": torch.tensor(input_ids)}
     if packed:
         batch["position_ids"] = torch.tensor(positions)
-    else:
+    if segments:
+        batch["attention_mask"] = shared_prefix_mask(torch.tensor(segments))
+    elif not packed:
         batch["attention_mask"] = torch.tensor(attention)
     key = "special_mask" if "special_mask" in examples[0] else "labels"
     batch[key] = torch.tensor(labels)
     batch["num_real_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in examples))
     return batch
+
+
+def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
+    """The 4D boolean attention mask (batch, 1, query, key) of rows packed behind a shared prefix
+    (tokens.pack_sharing_prefix): causal, and a token sees its own segment and the prefix (segment 0).
+    Padding (-1) is a segment of its own, so no query is left with nothing to attend to."""
+    query, key = segments[:, :, None], segments[:, None, :]
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    return (causal & ((query == key) | (key == 0)))[:, None]
 
 
 def apply_mlm_masking(

@@ -6,6 +6,8 @@ import inspect
 from functools import cache
 from typing import Any
 
+import torch
+
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
@@ -27,7 +29,7 @@ def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str, label_smoothi
     """(summed loss, target count) of a token batch; `label_smoothing` only for training, held-out losses
     are plain cross-entropy."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = _model_inputs(model, batch)
     if kind == "masked":
         return masked_lm_loss_sum(model(**inputs).logits, labels, label_smoothing)
     # No KV cache: transformers only builds the block-diagonal mask of packed rows when there is none.
@@ -38,6 +40,23 @@ def forward_loss_sum(model: Any, batch: dict[str, Any], kind: str, label_smoothi
     positions = target_positions(labels)
     logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
     return kept_lm_loss_sum(logits, labels, positions, label_smoothing)
+
+
+def _model_inputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 4:
+        return inputs
+    # A 4D mask (rows packed behind a shared prefix) goes to the attention as it is: boolean for sdpa,
+    # added to the scores for eager; flash-attention kernels take no such mask.
+    attention = getattr(hf_model(model).config, "_attn_implementation", None) or "sdpa"
+    if attention == "eager":
+        inputs["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    elif attention != "sdpa":
+        raise ValueError(
+            f"packed rows that share a prompt prefix need sdpa or eager attention, not {attention}: set data.packing=false"
+        )
+    return inputs
 
 
 def takes_logits_to_keep(model: Any) -> bool:

@@ -42,10 +42,16 @@ class Prepared:
             "train": self.train_stats.as_dict(),
             "eval": self.eval_stats.as_dict(),
             "train_sequences_after_packing": len(self.train_examples),
+            "shared_prefix_tokens": shared_prefix_tokens(self.train_examples),
             "global_batch": self.global_batch,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
         }
+
+
+def shared_prefix_tokens(examples: list[Example]) -> int:
+    """The prompt tokens packing placed once per sequence (tokens.pack_sharing_prefix), 0 when none."""
+    return examples[0]["segment_ids"].count(0) if examples and "segment_ids" in examples[0] else 0
 
 
 def prepare(cfg: HoneConfig) -> Prepared:

@@ -16,6 +16,7 @@ from hone.cluster.rundir import RunDirError
 from hone.training.config import load_config
 from hone.training.files import read_jsonl
 from tests.conftest import sft_overrides
+from tests.tiny import copy_rows, write_jsonl
 from tests.wandb_files import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -41,10 +42,20 @@ def test_sft_run_learns_and_writes_the_run_directory(assets, tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-def test_compiled_run_trains_its_blocks_compiled_and_learns(assets, tmp_path):
+def test_compiled_run_of_rows_packed_behind_their_system_prompt_learns(assets, tmp_path):
+    """Compiled blocks, packing, and a prompt prefix every row shares (as a chat template's system prompt
+    is), packed once per sequence: a real DeepSpeed run on it learns the task."""
+    rows = [{**r, "prompt": f"a b c d e f g h {r['prompt']}"} for r in copy_rows(240)]
+    data = write_jsonl(tmp_path / "system_prompted.jsonl", rows)
     out = tmp_path / "run"
-    summary = run(load_config(None, sft_overrides(assets, out, "train.compile=true")))
+    summary = run(
+        load_config(
+            None,
+            sft_overrides(assets, out, "train.compile=true", "data.packing=true", f"data.train=[{data}]", "data.max_seq_len=48"),
+        )
+    )
     assert summary["workers"][0]["compiled_blocks"] == 2  # the tiny Llama's two decoder layers
+    assert summary["data"]["shared_prefix_tokens"] == 9  # "a ... h copy"
     assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"] - 0.5
 
 

@@ -1,9 +1,10 @@
+import pytest
 import torch
 
 from hone.training.batches import collate
 from hone.training.losses import IGNORE
 from hone.training.tokens import build_pretrain, build_supervised, pack, tokenize_supervised
-from tests.tiny import make_tokenizer
+from tests.tiny import copy_rows, make_tokenizer
 
 
 def test_prompt_tokens_are_masked_and_eos_is_a_target():
@@ -94,6 +95,66 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
         packed = forward_loss_sum(model, collate(pack(examples, 32), tok.pad_token_id), "causal")
     assert int(unpacked[1]) == int(packed[1])
     assert torch.isclose(unpacked[0], packed[0], rtol=1e-5)
+
+
+def _rows_with_a_system_prompt(n: int) -> list[dict]:
+    from tests.tiny import copy_rows
+
+    # Nine tokens every prompt starts with ("a ... h copy"), as a chat template's system prompt would be.
+    return [
+        {**r, "prompt": f"a b c d e f g h {r['prompt']}", "_source": str(i)}
+        for i, r in enumerate(copy_rows(12, seed=5, min_len=1, max_len=8))
+    ][:n]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_rows_packed_behind_their_shared_prefix_give_the_unpacked_loss_and_gradients(tmp_path, attention):
+    """The prefix all rows share is packed once per row, and every row still sees it at its own
+    positions: the loss and every gradient are those of the rows unpacked, with fewer tokens computed."""
+    from transformers import AutoModelForCausalLM
+
+    from hone.training.forward import forward_loss_sum
+    from hone.training.tokens import shared_prompt_prefix
+    from tests.tiny import make_causal_model
+
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "m"), attn_implementation=attention)
+    examples, _ = build_supervised(_rows_with_a_system_prompt(12), "prompt_completion", tok, max_seq_len=64)
+    assert shared_prompt_prefix(examples) == 9
+    shared = pack(examples, 48)
+    assert "segment_ids" in shared[0] and all(row["input_ids"][:9] == examples[0]["input_ids"][:9] for row in shared)
+    assert sum(map(len, (r["input_ids"] for r in shared))) < sum(map(len, (e["input_ids"] for e in examples)))
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss_sum, count = forward_loss_sum(model, batch, "causal")
+        loss_sum.backward()
+        return loss_sum.detach(), int(count), [p.grad.clone() for p in model.parameters()]
+
+    unpacked = loss_and_grads(collate(examples, tok.pad_token_id))
+    packed = loss_and_grads(collate(shared, tok.pad_token_id))
+    assert packed[1] == unpacked[1]
+    assert torch.isclose(packed[0], unpacked[0], rtol=1e-5)
+    for a, b in zip(packed[2], unpacked[2], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_no_prefix_is_shared_when_rows_differ_early_and_none_reaches_a_target():
+    from hone.training.tokens import shared_prompt_prefix
+
+    tok = make_tokenizer()
+    plain, _ = build_supervised(
+        [{**r, "_source": str(i)} for i, r in enumerate(copy_rows(6, seed=1))], "prompt_completion", tok, 64
+    )
+    assert shared_prompt_prefix(plain) == 0 and "segment_ids" not in pack(plain, 64)[0]
+    text, _ = build_pretrain([{"text": "a b c d e f g h i j k l", "_source": str(i)} for i in range(3)], tok, 64, masked=False)
+    assert shared_prompt_prefix(text) == 0  # every token is a target
+    # One prompt, several answers: the shared tokens stop before the last prompt token, which must stay
+    # in each packed sequence to predict its answer from.
+    same, _ = build_supervised(
+        [{"prompt": "a b c d e f g h copy ->", "completion": f" {c}", "_source": c} for c in "ijk"], "prompt_completion", tok, 64
+    )
+    assert shared_prompt_prefix(same) == 9
 
 
 def test_sft_loss_from_kept_logits_matches_full_logits_through_lora(tmp_path):
