@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smollm2 import gguf_path  # noqa: E402  (bench/ is on the path when this script runs)
+from smollm2 import handbook_sft_examples  # noqa: E402  (bench/ is on the path when this script runs)
 
 
 def main() -> None:
@@ -35,24 +34,19 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from hone.training.batches import collate
-    from hone.training.config import DeepSpeedConfig, HoneConfig, LoraConfig, ModelConfig
+    from hone.training.config import DeepSpeedConfig, HoneConfig, LoraConfig
     from hone.training.ds_config import cpu_autocast
     from hone.training.forward import forward_loss_sum
-    from hone.training.models import add_lora, compile_blocks, load_tokenizer, resolve_source
-    from hone.training.tokens import build_supervised, pack
+    from hone.training.models import add_lora, compile_blocks
+    from hone.training.tokens import pack
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="a model dir, hub id or GGUF file (default: the quickstart's SmolLM2)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each copy")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    source = resolve_source(args.model or gguf_path())
-    tokenizer = load_tokenizer(ModelConfig(source=source), source)
-    lines = (ROOT / "examples" / "handbook" / "train_qa.jsonl").read_text().splitlines()
-    rows = [{**json.loads(line), "_source": "train_qa.jsonl"} for line in lines]
-    packed = pack(build_supervised(rows, "messages", tokenizer, 256)[0], 256)
+    source, tokenizer, examples = handbook_sft_examples(args.model)
+    packed = pack(examples, 256, share_prefix=False)  # as measured before prefix sharing existed
     batches = [collate(packed[i : i + 2], tokenizer.pad_token_id) for i in range(0, len(packed) - 1, 2)]
     for batch in batches:
         batch.pop("num_real_tokens", None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smollm2 import gguf_path  # noqa: E402  (bench/ is on the path when this script runs)
+from smollm2 import handbook_sft_examples  # noqa: E402  (bench/ is on the path when this script runs)
 
 
 def main() -> None:
@@ -34,11 +33,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from hone.training.batches import collate
-    from hone.training.config import DeepSpeedConfig, HoneConfig, LoraConfig, ModelConfig
+    from hone.training.config import DeepSpeedConfig, HoneConfig, LoraConfig
     from hone.training.ds_config import cpu_autocast
     from hone.training.forward import forward_loss_sum
-    from hone.training.models import add_lora, compile_blocks, load_tokenizer, resolve_source
-    from hone.training.tokens import build_supervised, pack, shared_prompt_prefix
+    from hone.training.models import add_lora, compile_blocks
+    from hone.training.tokens import pack, shared_prompt_prefix
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="a model dir, hub id or GGUF file (default: the quickstart's SmolLM2)")
@@ -46,14 +45,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compile the blocks of both copies (train.compile)")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    source = resolve_source(args.model or gguf_path())
-    tokenizer = load_tokenizer(ModelConfig(source=source), source)
-    lines = (ROOT / "examples" / "handbook" / "train_qa.jsonl").read_text().splitlines()
-    examples = build_supervised(
-        [{**json.loads(line), "_source": "train_qa.jsonl"} for line in lines], "messages", tokenizer, 256
-    )[0]
+    source, tokenizer, examples = handbook_sft_examples(args.model)
     packings = {"plain": pack(examples, 256, share_prefix=False), "shared": pack(examples, 256)}
     # Every row, in micro-batches of 2 (an odd last row alone), so both packings hold all the targets.
     batches = {
