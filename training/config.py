@@ -117,6 +117,9 @@ class DataConfig:
     eval: float | list[str] = path_field("data", 0.1)
     max_seq_len: int = 512
     packing: bool = False
+    # With packing: a prompt prefix every example shares (a system prompt) once per packed sequence, shown
+    # to each example through a 4D attention mask (sdpa or eager attention).
+    share_prefix: bool = True
     # Share of tokens masked for masked-LM pretraining.
     mlm_probability: float = 0.15
 

@@ -75,7 +75,7 @@ def prepare(cfg: HoneConfig) -> Prepared:
     _require_examples(train, train_stats, cfg, "data.train")
     _require_examples(evals, eval_stats, cfg, "the eval split")
     if cfg.data.packing and kind == "causal":
-        train = pack(train, cfg.data.max_seq_len)
+        train = pack(train, cfg.data.max_seq_len, cfg.data.share_prefix)
     batch = global_batch(cfg)
     per_epoch = steps_per_epoch(len(train), batch)
     if per_epoch == 0:

@@ -285,7 +285,7 @@ def pack(examples: list[Example], max_seq_len: int, share_prefix: bool = True) -
     Restarting position_ids (with no attention mask) is what tells transformers to keep packed sequences
     from attending to each other, so packing changes speed, not the math. When every example starts with
     the same prompt tokens (a chat template's system prompt), they are packed once per row instead (see
-    `pack_sharing_prefix`; `share_prefix=False` turns that off).
+    `pack_sharing_prefix`; `share_prefix=False`, config `data.share_prefix`, turns that off).
     """
     shared = shared_prompt_prefix(examples) if share_prefix else 0
     if shared >= MIN_SHARED_PREFIX:
@@ -319,8 +319,8 @@ def pack_sharing_prefix(examples: list[Example], max_seq_len: int, shared: int) 
     row: [prefix, tail 1, tail 2, ...]. Every tail sees the prefix and itself, at the positions it has
     unpacked (`segment_ids`: 0 the prefix, k the k-th tail; collate turns them into the attention mask),
     so the math is that of each example alone. A chat template's default system prompt is most of a
-    short chat row (21 of the ~57 tokens of SmolLM2's rows in the handbook quickstart): computed once per
-    row, not once per example, an sft step covers ~1.6x the rows."""
+    short chat row (24 of the ~57 tokens of SmolLM2's rows in the handbook quickstart): computed once per
+    sequence, not once per example, a 256-token sequence holds ~1.6x the rows."""
     prefix = examples[0]["input_ids"][:shared]
     tails = [{"input_ids": e["input_ids"][shared:], "labels": e["labels"][shared:]} for e in examples]
     out = []

@@ -31,6 +31,19 @@ def test_validate_prints_resolved_config_and_statistics(assets, tmp_path, capsys
     assert not (tmp_path / "out").exists()  # validate touches no run dir
 
 
+def test_validate_says_how_many_prompt_tokens_packing_shares_and_the_switch_turns_it_off(assets, tmp_path, capsys):
+    rows = [{"prompt": f"a b c d e f g h copy {x} ->", "completion": f" {x}"} for x in "abcdefghij" * 4]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.yaml").write_text("{}\n")
+    args = [a for a in sft_overrides(assets, tmp_path / "out", "data.packing=true") if not a.startswith("data.train")]
+    args += [f"data.train=[{data}]"]
+    assert main(["validate", str(tmp_path / "c.yaml"), *args]) == 0
+    assert "training sequences, the 9 prompt tokens every row starts with once per sequence" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "c.yaml"), *args, "data.share_prefix=false"]) == 0
+    assert "prompt tokens every row starts with" not in capsys.readouterr().out
+
+
 def test_user_errors_exit_1_with_the_message(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("mode: sft\ntrain: {micro_batch_per_device: 0}\nmodel: {source: /m}\ndata: {train: [x]}\n")
     assert main(["validate", str(tmp_path / "c.yaml")]) == 1
