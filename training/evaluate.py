@@ -56,11 +56,15 @@ def pipeline_answers(
     """One model, loaded once, asked everything a pipeline's `eval:` asks: its held-out questions (scored
     as sft's evaluation scores them), the document-recall probes (their own group, outside "all"), and for
     retention the mean token loss on general text and greedy answers to general instructions (the caller
-    compares them with the base model's own)."""
+    compares them with the base model's own). `replies` keeps every scored reply, questions then probes:
+    which facts a model missed, and what it said instead."""
     tokenizer, model = _load(cfg, model_dir, "causal")
-    scores = generation_metrics(model, tokenizer, questions, fmt, cfg)
+    replies = scored_replies(model, tokenizer, questions, fmt, cfg)
+    scores = reply_metrics(replies)
     if probes:
-        scores |= {k: v for k, v in generation_metrics(model, tokenizer, probes, fmt, cfg).items() if "/" in k}
+        probed = scored_replies(model, tokenizer, probes, fmt, cfg)
+        scores |= {k: v for k, v in reply_metrics(probed).items() if "/" in k}
+        replies += probed
     if text.strip():
         # one window for every model, whatever its stage's max_seq_len, so the losses compare
         window = min(RETENTION_WINDOW, getattr(model.config, "max_position_embeddings", None) or RETENTION_WINDOW)
@@ -68,7 +72,7 @@ def pipeline_answers(
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": ""}]} for p in prompts]
     longer = replace(cfg, eval=replace(cfg.eval, max_new_tokens=prompt_tokens))
     answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer)] if rows else []
-    return {"scores": scores, "retention_answers": answers}
+    return {"scores": scores, "replies": replies, "retention_answers": answers}
 
 
 def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
@@ -148,28 +152,54 @@ def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneC
 
 
 def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> dict[str, float]:
-    """Greedy completions of the held-out prompts against their references.
+    """Greedy completions of the held-out prompts against their references (`scored_replies`), averaged
+    (`reply_metrics`)."""
+    return reply_metrics(scored_replies(model, tokenizer, rows, fmt, cfg))
+
+
+def scored_replies(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> list[dict[str, Any]]:
+    """Each held-out prompt's greedy reply, scored against its reference.
 
     exact_match: the completion equals the reference, ignoring case and whitespace runs (as the RL
                  `exact_match` reward compares them: training/data.py normalize_answer).
     contains:    the completion contains the row's `key_fact` (or else the reference), ignoring case: a
                  right answer inside a sentence still counts.
-    Rows with a `group` field are also scored per group (`exact_match/<group>`, `contains/<group>`).
     """
     rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
     completions = greedy_completions(model, tokenizer, rows, fmt, cfg)
-    exact, contains = [], []
+    replies = []
     for completion, row in zip(completions, rows, strict=True):
         reference = reference_completion(row, fmt, tokenizer)
         key = str(row.get("key_fact") or reference)
-        exact.append(float(normalize_answer(completion) == normalize_answer(reference)))
-        contains.append(float(normalize_answer(key) in normalize_answer(completion)))
-    out = {"exact_match": _mean(exact), "contains": _mean(contains)}
-    for group in sorted({str(r["group"]) for r in rows if r.get("group") is not None}):
-        members = [i for i, r in enumerate(rows) if str(r.get("group")) == group]
-        out[f"exact_match/{group}"] = _mean([exact[i] for i in members])
-        out[f"contains/{group}"] = _mean([contains[i] for i in members])
+        replies.append(
+            {
+                "question": _question(row),
+                "reply": completion,
+                "reference": reference,
+                "group": None if row.get("group") is None else str(row["group"]),
+                "exact_match": float(normalize_answer(completion) == normalize_answer(reference)),
+                "contains": float(normalize_answer(key) in normalize_answer(completion)),
+            }
+        )
+    return replies
+
+
+def reply_metrics(replies: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean exact_match and contains over the replies, and per group (`exact_match/<group>`, ...) for
+    replies that have one."""
+    out = {metric: _mean([r[metric] for r in replies]) for metric in ("exact_match", "contains")}
+    for group in sorted({r["group"] for r in replies if r["group"] is not None}):
+        for metric in ("exact_match", "contains"):
+            out[f"{metric}/{group}"] = _mean([r[metric] for r in replies if r["group"] == group])
     return out
+
+
+def _question(row: Row) -> str:
+    """What the held-out row asks, for a person reading the replies: its prompt or last user turn."""
+    if isinstance(row.get("prompt"), str):
+        return str(row["prompt"])
+    turns = [m for m in row.get("messages") or row.get("prompt") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return str(turns[-1].get("content", "")) if turns else ""
 
 
 def _mean(values: list[float]) -> float:

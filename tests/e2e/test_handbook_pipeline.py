@@ -86,6 +86,11 @@ def test_the_handbook_pipeline_chains_its_stages_and_tables_every_model(assets, 
 
     answers = saved["answers"]
     assert list(answers) == ["base", "after pretrain", "after sft", "after rl"]
+    # answers.json keeps each model's every reply: the 8 questions, then the probes, each scored
+    replies = json.loads((out / "answers.json").read_text())["after sft"]["replies"]
+    probes = (synth / "probes.jsonl").read_text().splitlines()
+    assert len(replies) == 8 + len(probes) and {r["group"] for r in replies} == {"paraphrase", "handbook_only", "doc_recall"}
+    assert all(r["question"] and r["reference"] and r["exact_match"] in (0.0, 1.0) for r in replies)
     for scores in answers.values():
         for metric in ("exact_match", "contains"):
             for group in ("paraphrase", "handbook_only", "doc_recall"):

@@ -3,7 +3,7 @@
 import torch
 
 from hone.training.config import load_config
-from hone.training.evaluate import generation_metrics
+from hone.training.evaluate import generation_metrics, scored_replies
 from tests.tiny import make_tokenizer
 
 
@@ -38,3 +38,18 @@ def test_exact_contains_and_groups():
     assert metrics["exact_match"] == 1 / 3 and metrics["contains"] == 2 / 3
     assert metrics["exact_match/seen"] == 0.5 and metrics["contains/seen"] == 1.0
     assert metrics["exact_match/unseen"] == 0.0 and metrics["contains/unseen"] == 0.0
+
+
+def test_every_reply_is_kept_with_its_question_reference_and_scores():
+    tok = make_tokenizer()
+    rows = [
+        {"messages": [{"role": "user", "content": "copy a ->"}, {"role": "assistant", "content": "a"}], "group": "seen"},
+        {"messages": [{"role": "user", "content": "copy b ->"}, {"role": "assistant", "content": "b"}], "key_fact": "b"},
+    ]
+    cfg = load_config(None, ["model.source=x", "data.train=[x]"])
+    replies = scored_replies(_Replies(tok, ["a", "c"]), tok, rows, "messages", cfg)
+    assert [(r["question"], r["reply"], r["reference"], r["group"]) for r in replies] == [
+        ("copy a ->", "a", "a", "seen"),
+        ("copy b ->", "c", "b", None),
+    ]
+    assert [(r["exact_match"], r["contains"]) for r in replies] == [(1.0, 1.0), (0.0, 0.0)]
