@@ -54,7 +54,7 @@ def _model_inputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         inputs["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
     elif attention != "sdpa":
         raise ValueError(
-            f"packed rows that share a prompt prefix need sdpa or eager attention, not {attention}: set data.packing=false"
+            f"packed rows that share a prompt prefix need sdpa or eager attention, not {attention}: set data.share_prefix=false"
         )
     return inputs
 
