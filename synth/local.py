@@ -1,7 +1,6 @@
 """A generator from a local model (a directory, a .gguf file or a hub id), as a pool of Ray actors so that
 synthesis spreads across the cluster like training does: prompts are dealt out in shards, one per actor.
-
-HF `generate` for now; the generation engine of issue 14 (vLLM where it runs) replaces `_complete`.
+Each actor generates through hone's generation engine (`hf`, or `vllm` where it is installed).
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hone.training.config import ModelConfig
+from hone.training.generation import Backend, Sampling, make_engine
 
 
 @dataclass(frozen=True)
@@ -21,51 +20,25 @@ class LocalSettings:
     batch_size: int = 8
     seed: int = 0
     dtype: str = "bfloat16"  # generation only: bf16 halves the memory and is faster on CPUs with AMX
+    backend: Backend = "auto"
 
 
 class Completer:
     """One model, answering chat prompts (each a single user turn) in batches."""
 
     def __init__(self, settings: LocalSettings, threads: int = 0) -> None:
-        import torch
-
-        from hone.training.models import load_model, load_tokenizer
-
-        if threads:
-            torch.set_num_threads(threads)
         self.s = settings
-        model_cfg = ModelConfig(source=settings.source)
-        self.tokenizer = load_tokenizer(model_cfg, settings.source)
-        self.tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
-        self.model = load_model(model_cfg, settings.source, "causal", dtype=getattr(torch, settings.dtype)).eval()
-        if torch.cuda.is_available():
-            self.model.to("cuda")
+        self.engine = make_engine(settings.backend, settings.source, settings.dtype, threads, settings.batch_size)
 
     def complete(self, prompts: list[str], seed: int) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(prompts), self.s.batch_size):
-            out += self._complete(prompts[start : start + self.s.batch_size], seed + start)
-        return out
-
-    def _complete(self, prompts: list[str], seed: int) -> list[str]:
-        import torch
-
-        tok = self.tokenizer
+        tok = self.engine.tokenizer
         if tok.chat_template:
-            texts = [
+            prompts = [
                 tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                 for p in prompts
             ]
-        else:
-            texts = prompts
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template).to(self.model.device)
-        torch.manual_seed(seed)  # a rerun of the same shard samples the same replies
-        sampling: dict[str, Any] = {"do_sample": False}
-        if self.s.temperature > 0:
-            sampling = {"do_sample": True, "temperature": self.s.temperature, "top_p": self.s.top_p}
-        with torch.no_grad():
-            ids = self.model.generate(**enc, max_new_tokens=self.s.max_new_tokens, pad_token_id=tok.pad_token_id, **sampling)
-        return tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        sampling = Sampling(self.s.max_new_tokens, self.s.temperature, self.s.top_p, seed)
+        return [c.text for c in self.engine.generate(prompts, sampling)]
 
 
 class LocalPool:

