@@ -23,6 +23,7 @@ from hone.cluster.stop import RunInterrupted, graceful_stop
 from hone.cluster.submit import add_submit_parser
 from hone.training.config import HoneConfig, to_yaml
 from hone.training.errors import HoneError
+from hone.training.generation import resolve_backend
 
 DISTRIBUTION = "hone-llm"  # the name on PyPI; the command and the package are `hone`
 STATES = {
@@ -144,6 +145,9 @@ def validate_synth(cfg: HoneConfig) -> int:
     print(f"# generator: {prepared.generator.split('|')[0]}; keeping out {len(prepared.eval_questions)} evaluation questions")
     if prepared.replay:
         print(f"# replay: {cfg.model.source} answers {len(prepared.replay)} general instructions (replay.jsonl)")
+    if prepared.replay or (cfg.synth.generator.source != "none" and not cfg.synth.generator.base_url):
+        backend, why = resolve_backend(cfg.generation.backend)
+        print(f"# generation engine: {backend} ({why})")
     return 0
 
 

