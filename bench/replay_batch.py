@@ -1,6 +1,6 @@
 """How many prompts a local generator should answer at once: answers/s of hone's own Completer (the code
 the synth stage's replay and generator actors run) at several batch sizes, against batch 8 in the same
-run.
+run; and vLLM (the `vllm` generation backend, which schedules its own batches) where it is installed.
 
     .venv/bin/python bench/replay_batch.py                  # the quickstart's replay: SmolLM2, T=1, <=96 tokens
     .venv/bin/python bench/replay_batch.py --batch 8 16 32 --prompts 64
@@ -24,6 +24,7 @@ from smollm2 import gguf_path  # noqa: E402  (bench/ is on the path when this sc
 
 def main() -> None:
     from hone.synth.local import Completer, LocalSettings
+    from hone.training.generation import vllm_available
     from hone.training.models import resolve_source
 
     parser = argparse.ArgumentParser()
@@ -39,15 +40,17 @@ def main() -> None:
     source = resolve_source(args.model or gguf_path())
     print(f"{len(prompts)} prompts, <= {args.max_new_tokens} new tokens, temperature {args.temperature}, {source}")
     baseline = 0.0
-    for batch in args.batch:
-        settings = LocalSettings(source, args.max_new_tokens, args.temperature, 1.0, batch, seed=0)
+    runs = [("hf", batch) for batch in args.batch] + ([("vllm", max(args.batch))] if vllm_available() else [])
+    for backend, batch in runs:
+        settings = LocalSettings(source, args.max_new_tokens, args.temperature, 1.0, batch, seed=0, backend=backend)
         completer = Completer(settings, threads=2)
         completer.complete(prompts[:batch], seed=0)  # warm-up
         started = time.perf_counter()
         completer.complete(prompts, seed=0)
         rate = len(prompts) / (time.perf_counter() - started)
         baseline = baseline or rate
-        print(f"batch {batch:3d}: {rate:5.2f} answers/s  ratio {rate / baseline:4.2f}", flush=True)
+        label = f"batch {batch:3d}" if backend == "hf" else "vllm     "
+        print(f"{label}: {rate:5.2f} answers/s  ratio {rate / baseline:4.2f}", flush=True)
 
 
 if __name__ == "__main__":

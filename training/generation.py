@@ -148,10 +148,11 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, source: str, dtype: str = "bfloat16", max_model_len: int = 2048) -> None:
+    def __init__(self, source: str, dtype: str = "bfloat16", max_model_len: int | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
+        # max_model_len None: the model's own context; a smaller one makes a smaller KV cache suffice.
         self.llm = LLM(model=source, dtype=dtype, max_model_len=max_model_len, enforce_eager=True)
         self.tokenizer = self.llm.get_tokenizer()
         self.special = not _is_chat_rendered(self.tokenizer)
