@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -65,10 +66,22 @@ def resolve_backend(backend: Backend) -> tuple[str, str]:
 
 
 def make_engine(backend: Backend, source: str, dtype: str = "bfloat16", threads: int = 0, batch_size: int = 8) -> Engine:
-    """An engine for the model directory `source` (already resolved: a local directory or a hub id)."""
+    """An engine for the model directory `source` (already resolved: a local directory or a hub id).
+    `auto` tries vLLM with one token first: vLLM runs fewer architectures and head sizes than transformers
+    (on CPU, no kernel for a head size of 16), and then auto means hf, said once. An explicit `vllm` fails."""
     name, _ = resolve_backend(backend)
-    if name == "vllm":
+    if name == "vllm" and backend == "vllm":
         return VllmEngine(source, dtype)
+    if name == "vllm":
+        try:
+            engine = VllmEngine(source, dtype)
+            engine.generate(["Hello"], Sampling(max_new_tokens=1))
+            return engine
+        except Exception as err:  # vLLM raises many kinds, from its config checks to a dead engine process
+            print(
+                f"hone: generation.backend auto: vLLM cannot run {source} ({type(err).__name__}: {err}); using hf",
+                file=sys.stderr,
+            )
     return HfEngine.load(source, dtype, threads, batch_size)
 
 

@@ -75,3 +75,14 @@ def test_vllm_greedy_text_and_log_probs_match_the_hf_engine_on_the_same_weights(
     for h, v in zip(hf, vl, strict=True):
         assert v.token_ids == h.token_ids and v.text == h.text
         assert v.logprobs == pytest.approx(h.logprobs, abs=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available(), reason="the vllm package is not installed")
+def test_auto_falls_back_to_hf_for_a_model_vllm_cannot_run_and_says_why(tmp_path, capsys):
+    from hone.training.generation import make_engine
+
+    model = str(make_causal_model(tmp_path / "llama"))  # head size 16: vLLM's CPU attention has no kernel for it
+    engine = make_engine("auto", model, dtype="float32")
+    assert engine.name == "hf" and len(engine.generate(PROMPTS[:1], Sampling(max_new_tokens=2))) == 1
+    assert "generation.backend auto: vLLM cannot run" in capsys.readouterr().err
