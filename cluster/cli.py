@@ -135,7 +135,7 @@ def validate(cfg: HoneConfig, check_output_dir: bool = True) -> int:
 
 def validate_synth(cfg: HoneConfig) -> int:
     """The documents read and chunked, the questions to keep out read, the generator named; none started."""
-    from hone.cluster.synth_run import prepare_synth
+    from hone.cluster.synth_run import loads_a_local_model, prepare_synth
 
     prepared = prepare_synth(cfg)
     docs = sorted({c.doc for c in prepared.chunks})
@@ -145,7 +145,7 @@ def validate_synth(cfg: HoneConfig) -> int:
     print(f"# generator: {prepared.generator.split('|')[0]}; keeping out {len(prepared.eval_questions)} evaluation questions")
     if prepared.replay:
         print(f"# replay: {cfg.model.source} answers {len(prepared.replay)} general instructions (replay.jsonl)")
-    if prepared.replay or (cfg.synth.generator.source != "none" and not cfg.synth.generator.base_url):
+    if loads_a_local_model(cfg, prepared):
         backend, why = resolve_backend(cfg.generation.backend)
         print(f"# generation engine: {backend} ({why})")
     return 0

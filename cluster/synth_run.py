@@ -95,6 +95,12 @@ def _has_generator(cfg: HoneConfig) -> bool:
     return bool(cfg.synth.generator.base_url) or cfg.synth.generator.source != "none"
 
 
+def loads_a_local_model(cfg: HoneConfig, prepared: PreparedSynth) -> bool:
+    """Whether the run generates with a model of its own (replay answers, or a local generator), and so
+    with hone's generation engine; an endpoint generates elsewhere."""
+    return bool(prepared.replay) or (_has_generator(cfg) and not cfg.synth.generator.base_url)
+
+
 def _generator_id(cfg: HoneConfig) -> str:
     g = cfg.synth.generator
     if g.base_url:

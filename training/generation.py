@@ -70,9 +70,9 @@ def make_engine(backend: Backend, source: str, dtype: str = "bfloat16", threads:
     `auto` tries vLLM with one token first: vLLM runs fewer architectures and head sizes than transformers
     (on CPU, no kernel for a head size of 16), and then auto means hf, said once. An explicit `vllm` fails."""
     name, _ = resolve_backend(backend)
-    if name == "vllm" and backend == "vllm":
-        return VllmEngine(source, dtype)
     if name == "vllm":
+        if backend == "vllm":
+            return VllmEngine(source, dtype)
         try:
             engine = VllmEngine(source, dtype)
             engine.generate(["Hello"], Sampling(max_new_tokens=1))
