@@ -84,6 +84,31 @@ def aggregate(
     raise ValueError(f"loss aggregation {how!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
 
 
+def truncated_is_weight(train_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token truncated importance weight min(pi_train / pi_rollout, cap), no gradient.
+
+    The rollout engine samples from its own copy of the weights (bf16 vLLM kernels, or weights one update
+    old under async rollout), so its token probabilities are not the trainer's; reweighting each token's
+    loss by the trainer/rollout ratio makes the gradient the trainer's own policy gradient again, and the
+    cap bounds the variance a rare token could add (truncated IS, as TRL's token_truncate mode).
+    """
+    return torch.exp(train_logp - rollout_logp).clamp(max=cap).detach()
+
+
+def rollout_mismatch(train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the rollout engine's token log-probs are from the trainer's on the same tokens: the mean
+    |difference|, the largest, and KL(rollout || train) estimated from the rollout's own samples (k1)."""
+    real = mask.bool()
+    if not real.any():
+        return {"mismatch_logp_abs": 0.0, "mismatch_logp_max": 0.0, "mismatch_kl": 0.0}
+    diff = (rollout_logp - train_logp).detach()[real]
+    return {
+        "mismatch_logp_abs": float(diff.abs().mean()),
+        "mismatch_logp_max": float(diff.abs().max()),
+        "mismatch_kl": float(diff.mean()),
+    }
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -95,17 +120,22 @@ def policy_loss(
     kl_coef: float = 0.0,
     aggregation: str = "token_mean",
     totals: dict[str, Any] | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate loss (PPO/GRPO) with an optional KL penalty, and its diagnostics.
 
-    ratio = exp(logp - old_logp) corrects for samples drawn by an older policy (async rollout);
-    on-policy it is 1 and the gradient is the plain policy gradient. `totals` holds the whole step's
-    total_tokens / total_samples / max_len when this is one micro-batch of it (see `aggregate`).
+    ratio = exp(logp - old_logp) corrects for samples drawn by an older policy; with a single update per
+    batch and old_logp the trainer's own log-probs it is 1 and the gradient is the plain policy gradient.
+    `is_weight` (see `truncated_is_weight`) multiplies each token's surrogate, not its KL penalty, to
+    correct for a rollout engine whose distribution differs from the trainer's. `totals` holds the whole
+    step's total_tokens / total_samples / max_len when this is one micro-batch of it (see `aggregate`).
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(1)
     unclipped, clipped = ratio * adv, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     per_token = -torch.min(unclipped, clipped)
+    if is_weight is not None:
+        per_token = per_token * is_weight
     if kl is not None and kl_coef:
         per_token = per_token + kl_coef * kl
     loss = aggregate(per_token, mask, aggregation, **(totals or {}))

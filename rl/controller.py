@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from hone.rl.algorithms import fill_invalid, group_advantages
 from hone.rl.batch import RolloutBatch, concat
 from hone.rl.group import ActorGroup, RolePlacementError, role_bundle
-from hone.rl.policy import PolicyWorker, checkpoint_path
+from hone.rl.policy import MEAN_STATS, PolicyWorker, checkpoint_path
 from hone.rl.prepare import PreparedRl
 from hone.rl.rewards import RewardError, reward_name
 from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
@@ -423,7 +423,8 @@ class Controller:
             [a.update.remote(s, totals, off_policy) for a, s in zip(self.roles.policy.actors, shards, strict=True)]
         )
         tokens = max(sum(s["tokens"] for s in sums), 1.0)
-        out = {k: sum(s[k] for s in sums) / tokens for k in ("clip_fraction", "kl", "entropy", "ratio_mean")}
+        out = {k: sum(s[k] for s in sums) / tokens for k in (*MEAN_STATS, "entropy")}
+        out["mismatch_logp_max"] = max(s["mismatch_logp_max"] for s in sums)
         out["loss"] = sum(s["loss"] for s in sums)
         out["update_seconds"] = max(s["update_seconds"] for s in sums)
         out["lr"] = sums[0]["lr"]

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hone.rl.algorithms import kl_per_token, policy_loss
+from hone.rl.algorithms import kl_per_token, policy_loss, rollout_mismatch, truncated_is_weight
 from hone.rl.batch import RolloutBatch
 from hone.rl.workers import Located, cpu_threads
 from hone.training.config import HoneConfig
 
 CHECKPOINT_TAG = "policy"
+# Update diagnostics that are per-token means: summed weighted by tokens here, divided by all ranks' tokens
+# by the controller (mismatch_logp_max, a maximum, is kept apart).
+MEAN_STATS = ("clip_fraction", "kl", "ratio_mean", "is_weight_mean", "mismatch_logp_abs", "mismatch_kl")
 
 
 def free_address() -> tuple[str, int]:
@@ -89,16 +92,21 @@ class PolicyWorker(Located):
         started, rl, engine = time.perf_counter(), self.cfg.rl, self.engine
         lr = engine.get_lr()[0]
         engine.train()
-        sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0, "ratio_mean": 0.0, "tokens": 0.0}
+        sums = {"loss": 0.0, "entropy": 0.0, "tokens": 0.0, "mismatch_logp_max": 0.0} | dict.fromkeys(MEAN_STATS, 0.0)
         micro = self.cfg.train.micro_batch_per_device
         for start in range(0, len(shard), micro):
             part = shard.select(slice(start, start + micro))
             mask = part.loss_mask().to(engine.device)
             logits = completion_logits(engine, part, engine.device)
             logp = token_logp(logits, part.completion_ids.to(engine.device), rl.generation.temperature)
-            # On-policy the old log-probs are the current ones (ratio 1, as TRL does with one iteration);
-            # async samples come from weights one step older, so the rollout's own log-probs correct them.
-            old = part.rollout_logp.to(engine.device) if off_policy else logp.detach()
+            rollout_logp = part.rollout_logp.to(engine.device)
+            # The ratio's old log-probs are the trainer's own (ratio 1, as TRL does with one iteration), and
+            # the truncated IS weight corrects for the rollout engine's distribution, stale weights included.
+            # Without it, async samples are corrected by the ratio against the rollout's log-probs instead.
+            if rl.rollout_is_cap:
+                old, is_weight = logp.detach(), truncated_is_weight(logp, rollout_logp, rl.rollout_is_cap)
+            else:
+                old, is_weight = (rollout_logp if off_policy else logp.detach()), None
             kl = kl_per_token(logp, part.ref_logp.to(engine.device), rl.kl_estimator) if part.ref_logp is not None else None
             loss, stats = policy_loss(
                 logp,
@@ -111,7 +119,10 @@ class PolicyWorker(Located):
                 kl_coef=rl.kl_coef,
                 aggregation=rl.loss_aggregation,
                 totals=totals,
+                is_weight=is_weight,
             )
+            stats |= rollout_mismatch(logp, rollout_logp, mask)
+            stats["is_weight_mean"] = float(is_weight[mask.bool()].mean()) if is_weight is not None and mask.any() else 1.0
             # DeepSpeed divides by accumulation steps and averages ranks; undo both so the micro-batch
             # losses add up to the whole step's loss.
             engine.backward(loss * engine.gradient_accumulation_steps() * self.world)
@@ -120,8 +131,9 @@ class PolicyWorker(Located):
             sums["loss"] += float(loss.detach())
             sums["tokens"] += tokens
             sums["entropy"] += float((entropy(logits, rl.generation.temperature) * mask).sum())
-            for key in ("clip_fraction", "kl", "ratio_mean"):
+            for key in MEAN_STATS:
                 sums[key] += stats[key] * tokens
+            sums["mismatch_logp_max"] = max(sums["mismatch_logp_max"], stats["mismatch_logp_max"])
         sums["update_seconds"] = time.perf_counter() - started
         sums["lr"] = lr
         return sums

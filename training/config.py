@@ -297,6 +297,12 @@ class RlConfig:
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     # Overlap the next rollout with this update (one step off-policy, importance-ratio corrected).
     async_rollout: bool = False
+    # Truncated importance sampling against the rollout engine: the ratio is taken against the trainer's
+    # own log-probs, and each token's loss is weighted by min(pi_train / pi_rollout, cap), because the
+    # rollout's copy of the policy (vLLM's bf16 kernels; weights one update old under async) samples from
+    # a slightly different distribution. 0 turns it off: the ratio is then clipped against the rollout's
+    # log-probs (async) or is 1 (sync).
+    rollout_is_cap: float = 2.0
     # A reward that returns a non-number or NaN, or does not return within rl.reward.timeout_s: fail the
     # run, or skip those samples (they get no gradient).
     on_bad_reward: Literal["fail", "skip"] = "fail"
@@ -798,6 +804,8 @@ def _check_rl(cfg: HoneConfig) -> None:
     )
     _positive(cfg, "rl.prompts_per_step", "rl.generation.max_new_tokens", "rl.generation.temperature")
     _non_negative(cfg, "rl.clip_low", "rl.clip_high", "rl.kl_coef")
+    cap = rl.rollout_is_cap
+    _require(cap == 0 or cap >= 1, "rl.rollout_is_cap", cap, "use 0 (no correction) or a cap of 1 or more, e.g. 2")
     _require(0.0 < rl.generation.top_p <= 1.0, "rl.generation.top_p", rl.generation.top_p, "use a value in (0, 1]")
     for role in ("rollout", "reward", "reference"):
         _positive(cfg, f"rl.{role}.num_workers")

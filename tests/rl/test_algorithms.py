@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hone.rl.algorithms import aggregate, group_advantages, kl_per_token, policy_loss
+from hone.rl.algorithms import aggregate, group_advantages, kl_per_token, policy_loss, rollout_mismatch, truncated_is_weight
 
 
 def test_grpo_advantages_normalize_within_each_group():
@@ -71,3 +71,25 @@ def test_on_policy_gradient_is_the_advantage_weighted_log_prob_gradient():
     loss, _ = policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2))
     loss.backward()
     assert torch.allclose(logp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / num_tokens per token
+
+
+def test_truncated_is_weight_reweights_the_surrogate_not_the_kl():
+    train = torch.log(torch.tensor([[0.5, 0.9, 0.2]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.9, 0.8]]))  # train/rollout = 2, 1, 0.25
+    weight = truncated_is_weight(train, rollout, cap=1.5)
+    assert torch.allclose(weight, torch.tensor([[1.5, 1.0, 0.25]]))  # 2 is truncated at the cap
+
+    logp = train.clone().requires_grad_(True)
+    mask, adv, kl = torch.ones(1, 3), torch.tensor([1.0]), torch.full((1, 3), 0.3)
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, kl=kl, kl_coef=0.1, is_weight=weight)
+    assert float(loss) == pytest.approx((-(1.5 + 1.0 + 0.25) + 3 * 0.03) / 3)
+    loss.backward()
+    assert torch.allclose(logp.grad, -weight / 3)  # each token's policy gradient scaled by its weight
+
+
+def test_rollout_mismatch_measures_real_tokens_only():
+    train = torch.tensor([[-1.0, -2.0, -9.0]])
+    rollout = torch.tensor([[-1.5, -1.0, 0.0]])
+    stats = rollout_mismatch(train, rollout, torch.tensor([[1, 1, 0]]))
+    assert stats == pytest.approx({"mismatch_logp_abs": 0.75, "mismatch_logp_max": 1.0, "mismatch_kl": 0.25})
+    assert rollout_mismatch(train, rollout, torch.zeros(1, 3))["mismatch_logp_abs"] == 0.0

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 STEP_KEYS = {
     "reward_mean", "reward_std", "reward/letter_first", "reward/exact_match", "kl", "entropy", "clip_fraction",
     "response_length", "rollout_seconds", "score_seconds", "update_seconds", "samples_per_s", "loss", "lr",
+    "mismatch_logp_abs", "mismatch_logp_max", "mismatch_kl", "is_weight_mean",
 }  # fmt: skip
 
 
@@ -36,6 +37,8 @@ def test_rl_raises_heldout_reward_and_exports(assets, prompts, tmp_path, local_r
     steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert STEP_KEYS <= steps[0].keys()
+    # Sync HF rollout in fp32 samples from the trainer's own distribution: the IS weight stays at 1.
+    assert max(r["mismatch_logp_max"] for r in steps) < 1e-3
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
@@ -58,8 +61,11 @@ def test_lora_with_kl_and_async_rollout(assets, prompts, tmp_path, local_ray):
     assert "reference" in summary["placement"]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
     assert steps[-1]["kl"] > 0
-    # Async samples come from the weights one step back: the importance ratio moves off 1 after step 1.
-    assert any(abs(r["ratio_mean"] - 1.0) > 1e-6 for r in steps[2:])
+    # Async samples come from the weights one step back: after step 1 the rollout's log-probs differ from
+    # the trainer's, and the truncated IS weight (rl.rollout_is_cap, on by default) moves off 1.
+    assert all(r["ratio_mean"] == pytest.approx(1.0) for r in steps)  # the ratio is against the trainer's own
+    assert steps[0]["mismatch_logp_abs"] < 1e-3
+    assert any(r["mismatch_logp_abs"] > 1e-3 and abs(r["is_weight_mean"] - 1.0) > 1e-4 for r in steps[2:])
     assert (tmp_path / "run" / "model" / "adapter" / "adapter_config.json").exists()
 
 

@@ -47,7 +47,7 @@ import pytest
 import torch
 from trl.trainer.grpo_trainer import GRPOTrainer
 
-from hone.rl.algorithms import group_advantages, kl_per_token, policy_loss
+from hone.rl.algorithms import group_advantages, kl_per_token, policy_loss, truncated_is_weight
 
 TOL = 1e-5
 B, T = 6, 7  # samples, completion tokens (the longest completion in the batch)
@@ -117,7 +117,7 @@ def _batch(seed: int = 0):
     return logp, old, ref, adv, mask
 
 
-def _trl_loss(trainer: GRPOTrainer, logp, old, ref, adv, mask):
+def _trl_loss(trainer: GRPOTrainer, logp, old, ref, adv, mask, is_ratio=None):
     """TRL's `_compute_loss` on these log-probs; returns the loss and d loss / d logp."""
     leaf = logp.clone().requires_grad_(True)
 
@@ -138,6 +138,8 @@ def _trl_loss(trainer: GRPOTrainer, logp, old, ref, adv, mask):
         inputs["old_per_token_logps"] = old
     if trainer.beta != 0.0:
         inputs["ref_per_token_logps"] = ref
+    if is_ratio is not None:
+        inputs["importance_sampling_ratio"] = is_ratio
     loss = GRPOTrainer._compute_loss(trainer, None, inputs)
     loss.backward()
     return loss.detach(), leaf.grad
@@ -172,6 +174,27 @@ def test_policy_loss_matches_trl_compute_loss(loss_type, beta, eps_low, eps_high
     assert stats["clip_fraction"] == pytest.approx(metrics["clip_ratio/region_mean"][-1], abs=TOL)
     if beta:
         assert stats["kl"] == pytest.approx(metrics["kl"][-1], abs=TOL)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_truncated_is_correction_matches_trl_vllm_token_truncate(loss_type, beta):
+    """TRL with use_vllm multiplies each token's surrogate by min(exp(old - sampling), cap), where old are
+    the trainer's log-probs before the update and sampling vLLM's; hone's is_weight is the same factor."""
+    logp, sampling, ref, adv, mask = _batch(seed=3)  # `old` of the batch stands in for the engine's log-probs
+    cap = 1.5
+    weight = truncated_is_weight(logp, sampling, cap)
+    assert (weight == cap).any() and (weight < 1).any()  # the batch exercises the cap and down-weighting
+    trainer = _bare_trainer(loss_type=loss_type, beta=beta, use_vllm=True, vllm_importance_sampling_correction=True)
+    trl_loss, trl_grad = _trl_loss(trainer, logp, None, ref, adv, mask, is_ratio=weight)
+
+    leaf = logp.clone().requires_grad_(True)
+    kl = kl_per_token(leaf, ref, "k3") if beta else None
+    aggregation = HONE_AGGREGATION[loss_type]
+    loss, _ = policy_loss(leaf, leaf.detach(), adv, mask, kl=kl, kl_coef=beta, aggregation=aggregation, is_weight=weight)
+    loss.backward()
+    assert abs(float(loss) - float(trl_loss)) < TOL
+    assert (leaf.grad - trl_grad).abs().max() < TOL
 
 
 def test_dr_grpo_matches_only_at_max_completion_length_width():
