@@ -118,5 +118,6 @@ def _summary(
         "eval": {"before": result["before"], "after": result["after"]},
         "placement": result["placement"],
         "restarts": result["restarts"],
+        "rollout_engine": result["engine"],
         "data": data,
     }

@@ -138,6 +138,8 @@ class Controller:
     def start(self) -> None:
         """Start every role's actors; then `evaluate()` and `run()` can be called."""
         self._start_workers()
+        self.rollout_engine = self.roles.rollout.call_all("engine")[0]
+        print(f"hone: rollout engine: {self.rollout_engine} (generation.backend {self.cfg.generation.backend})", flush=True)
         self._start_policy()
 
     def run(self, before: dict[str, float]) -> dict[str, Any]:
@@ -152,7 +154,13 @@ class Controller:
         self.roles.policy.call_all("export", str(self.run_dir))
         placement = {name: group.call_all("where") for name, group in self.roles.all().items()}
         self.roles.policy.call_all("shutdown")
-        return {"before": before, "after": after, "placement": placement, "restarts": self.restarts}
+        return {
+            "before": before,
+            "after": after,
+            "placement": placement,
+            "restarts": self.restarts,
+            "engine": self.rollout_engine,
+        }
 
     def _train_with_recovery(self) -> None:
         for attempt in range(self.cfg.scaling.max_failures + 1):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -66,23 +67,27 @@ def resolve_backend(backend: Backend) -> tuple[str, str]:
 
 
 def make_engine(backend: Backend, source: str, dtype: str = "bfloat16", threads: int = 0, batch_size: int = 8) -> Engine:
-    """An engine for the model directory `source` (already resolved: a local directory or a hub id).
-    `auto` tries vLLM with one token first: vLLM runs fewer architectures and head sizes than transformers
-    (on CPU, no kernel for a head size of 16), and then auto means hf, said once. An explicit `vllm` fails."""
+    """An engine for the model directory `source` (already resolved: a local directory or a hub id):
+    vLLM where `vllm_engine` gives one, else HF."""
+    return vllm_engine(backend, source, dtype) or HfEngine.load(source, dtype, threads, batch_size)
+
+
+def vllm_engine(backend: Backend, source: str, dtype: str = "bfloat16", **options: Any) -> VllmEngine | None:
+    """A vLLM engine when the backend resolves to vllm, else None (the caller uses HF). `auto` tries vLLM
+    with one token first: vLLM runs fewer architectures and head sizes than transformers (on CPU, no kernel
+    for a head size of 16), and then auto means hf, said once. An explicit `vllm` fails."""
     name, _ = resolve_backend(backend)
-    if name == "vllm":
-        if backend == "vllm":
-            return VllmEngine(source, dtype)
-        try:
-            engine = VllmEngine(source, dtype)
-            engine.generate(["Hello"], Sampling(max_new_tokens=1))
-            return engine
-        except Exception as err:  # vLLM raises many kinds, from its config checks to a dead engine process
-            print(
-                f"hone: generation.backend auto: vLLM cannot run {source} ({type(err).__name__}: {err}); using hf",
-                file=sys.stderr,
-            )
-    return HfEngine.load(source, dtype, threads, batch_size)
+    if name != "vllm":
+        return None
+    if backend == "vllm":
+        return VllmEngine(source, dtype, **options)
+    try:
+        engine = VllmEngine(source, dtype, **options)
+        engine.generate(["Hello"], Sampling(max_new_tokens=1))
+        return engine
+    except Exception as err:  # vLLM raises many kinds, from its config checks to a dead engine process
+        print(f"hone: generation.backend auto: vLLM cannot run {source} ({type(err).__name__}: {err}); using hf", file=sys.stderr)
+        return None
 
 
 def _is_chat_rendered(tokenizer: Any) -> bool:
@@ -156,19 +161,45 @@ def _through_eos(ids: list[int], eos: int | list[int] | None) -> list[int]:
 
 
 class VllmEngine:
-    """vLLM's offline `LLM` in this process. On CPU its KV cache takes VLLM_CPU_KVCACHE_SPACE GiB (set
-    here to 1 unless the environment says otherwise: vLLM's default of 4 is more than a small model needs)."""
+    """vLLM's offline `LLM`, its engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): no engine
+    process to spawn, so it runs inside a Ray actor or a plain script alike, and new weights reach the model
+    by reference instead of through a socket. On CPU its KV cache takes VLLM_CPU_KVCACHE_SPACE GiB (set
+    here to 1 unless the environment says otherwise: vLLM's default of 4 is more than a small model needs).
+
+    tempered_logprobs: each sampled token's log-probability after temperature and top-p (what RL's rollout
+    needs: the distribution the token was drawn from) instead of the raw logits' log-softmax.
+    lora_rank: serve LoRA adapters up to this rank (`use_adapter`); 0 serves the base weights only.
+    """
 
     name = "vllm"
 
-    def __init__(self, source: str, dtype: str = "bfloat16", max_model_len: int | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        dtype: str = "bfloat16",
+        max_model_len: int | None = None,
+        tempered_logprobs: bool = False,
+        lora_rank: int = 0,
+        add_special_tokens: bool | None = None,
+    ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        lora: dict[str, Any] = {}
+        if lora_rank:  # vLLM sizes its LoRA buffers from a fixed list of ranks: the smallest that holds ours
+            fits = [r for r in VLLM_LORA_RANKS if r >= lora_rank]
+            if not fits:
+                raise ValueError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; lora.rank is {lora_rank}")
+            lora = {"enable_lora": True, "max_lora_rank": fits[0]}
         # max_model_len None: the model's own context; a smaller one makes a smaller KV cache suffice.
-        self.llm = LLM(model=source, dtype=dtype, max_model_len=max_model_len, enforce_eager=True)
+        self.llm = LLM(
+            model=source, dtype=dtype, max_model_len=max_model_len, enforce_eager=True,
+            logprobs_mode="processed_logprobs" if tempered_logprobs else "raw_logprobs", **lora,
+        )  # fmt: skip
         self.tokenizer = self.llm.get_tokenizer()
-        self.special = not _is_chat_rendered(self.tokenizer)
+        self.special = not _is_chat_rendered(self.tokenizer) if add_special_tokens is None else add_special_tokens
+        self.adapter: Any = None  # the LoRARequest every generate call uses, once `use_adapter` set one
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams
@@ -186,7 +217,7 @@ class VllmEngine:
             for i in range(len(prompts))
         ]
         ids = [self.tokenizer(p, add_special_tokens=self.special)["input_ids"] for p in prompts]
-        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False, lora_request=self.adapter)
         completions = []
         for out in outs:
             c = out.outputs[0]
@@ -194,3 +225,23 @@ class VllmEngine:
             lp = [float(step[t].logprob) for step, t in zip(c.logprobs, tokens, strict=True)] if c.logprobs else None
             completions.append(Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), tokens, lp))
         return completions
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Replace the model's weights in place from (name, tensor) pairs in the checkpoint's own names
+        (what `state_dict()` of the HF model gives). The pairs are consumed as they come, layer by layer
+        (vLLM's layerwise reload), so a generator that fetches one chunk at a time never holds the whole
+        model. The prefix cache is dropped: its keys and values came from the old weights."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def use_adapter(self, folder: str, version: int) -> None:
+        """Generate with the PEFT LoRA adapter saved in `folder` from now on. Each version gets its own id:
+        vLLM caches adapters by id, so a new id is what makes it read the new weights."""
+        from vllm.lora.request import LoRARequest
+
+        self.adapter = LoRARequest(f"policy-v{version}", version + 1, folder)  # ids start at 1
+        self.llm.reset_prefix_cache()
+
+
+# The LoRA ranks vLLM allocates buffers for (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -43,6 +43,7 @@ def test_rl_raises_heldout_reward_and_exports(assets, prompts, tmp_path, local_r
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert {"policy", "rollout", "reward"} == summary["placement"].keys()  # kl_coef 0: no reference actor
+    assert summary["rollout_engine"] == "hf"  # no vLLM here, or one with no kernel for this model's head size 16
     # A finished run is not trained again.
     assert run(cfg)["eval"] == summary["eval"]
 
