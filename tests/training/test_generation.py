@@ -62,6 +62,7 @@ def test_the_backend_choice_says_why():
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="the vllm package is not installed")
 def test_vllm_greedy_text_and_log_probs_match_the_hf_engine_on_the_same_weights(tmp_path):
     """vLLM in bf16 against HF in fp32 on the same checkpoint: the same greedy tokens, and each token's
@@ -78,6 +79,7 @@ def test_vllm_greedy_text_and_log_probs_match_the_hf_engine_on_the_same_weights(
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="the vllm package is not installed")
 def test_auto_falls_back_to_hf_for_a_model_vllm_cannot_run_and_says_why(tmp_path, capsys):
     from hone.training.generation import make_engine
