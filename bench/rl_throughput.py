@@ -1,7 +1,9 @@
-"""RL (GRPO) throughput: hone sync, hone async and TRL's GRPOTrainer, on CPU.
+"""RL (GRPO) throughput: hone sync and async, rolling out with HF generate and with vLLM, and TRL's
+GRPOTrainer, on CPU.
 
-    .venv/bin/python bench/rl_throughput.py            # 30 steps per run (28 timed), about 6 minutes on an idle 2-core machine
-    .venv/bin/python bench/rl_throughput.py --quick    # 5 steps per run (3 timed): a smoke run, about 4 minutes
+    .venv-vllm/bin/python bench/rl_throughput.py       # 30 steps per run (28 timed), about 9 minutes on an idle 2-core machine
+    .venv/bin/python bench/rl_throughput.py            # without vLLM installed: the hf and TRL runs only
+    .venv-vllm/bin/python bench/rl_throughput.py --quick   # 5 steps per run (3 timed): a smoke run
     .venv/bin/python bench/rl_throughput.py --steps 40 --out /tmp/rl.json
 
 Every run trains the same freshly built Llama (hidden 256, 4 layers, ~2.4M parameters, fp32) on the
@@ -12,6 +14,8 @@ temperature 1, micro-batch 16 with gradient accumulation 4, lr 1e-4 constant, cl
 
     hone sync    cluster.run.run(cfg), rl.async_rollout=false: generate -> score -> update -> sync, in turn
     hone async   the same with rl.async_rollout=true: the next step's rollout overlaps this step's update
+                 (each with generation.backend hf: HF generate in fp32, and vllm: vLLM in bf16, weights
+                 reloaded into it after every update, truncated IS correcting for its distribution)
     TRL          trl.GRPOTrainer (use_vllm=False, beta=0, loss_type dapo = hone's token_mean), one process
     TRL 1 thread the same with one torch thread: like for like with each of hone's actors
 
@@ -49,8 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/ (hone itself is installed), when run as a script
 
 RUNS = {
-    "hone_sync": "hone GRPO sync",
-    "hone_async": "hone GRPO async",
+    "hone_sync": "hone sync, hf",
+    "hone_async": "hone async, hf",
+    "hone_sync_vllm": "hone sync, vllm",
+    "hone_async_vllm": "hone async, vllm",
     "trl": "TRL GRPOTrainer",
     "trl_1thread": "TRL, 1 thread",
 }
@@ -120,13 +126,14 @@ def mean_after_warmup(values: list[float]) -> float:
 # hone: the public Python API on an embedded Ray cluster (cluster/connect.py starts and stops it)
 
 
-def hone_config(workdir: Path, steps: int, asynchronous: bool) -> Any:
+def hone_config(workdir: Path, name: str, steps: int) -> Any:
     from hone.training.config import load_config
 
     overrides = {
         "mode": "rl",
         "seed": SEED,
-        "output_dir": str(workdir / ("hone_async" if asynchronous else "hone_sync")),
+        "output_dir": str(workdir / name),
+        "generation.backend": "vllm" if name.endswith("_vllm") else "hf",
         "overwrite": True,
         "model.source": str(workdir / "model"),
         "data.train": [str(workdir / "prompts.jsonl")],
@@ -144,7 +151,7 @@ def hone_config(workdir: Path, steps: int, asynchronous: bool) -> Any:
         "rl.clip_low": CLIP,
         "rl.clip_high": CLIP,
         "rl.kl_coef": 0.0,
-        "rl.async_rollout": asynchronous,
+        "rl.async_rollout": name.startswith("hone_async"),
         "rl.generation.max_new_tokens": MAX_NEW_TOKENS,
         "rl.rollout.cpus": HONE_THREADS["rollout"],
         "rl.reward.cpus": HONE_THREADS["reward"],
@@ -156,10 +163,10 @@ def hone_config(workdir: Path, steps: int, asynchronous: bool) -> Any:
     return load_config(None, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
 
 
-def run_hone(workdir: Path, steps: int, asynchronous: bool) -> dict[str, Any]:
+def run_hone(workdir: Path, name: str, steps: int) -> dict[str, Any]:
     from hone.cluster.run import run
 
-    cfg = hone_config(workdir, steps, asynchronous)
+    cfg = hone_config(workdir, name, steps)
     started = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - started
@@ -178,6 +185,8 @@ def run_hone(workdir: Path, steps: int, asynchronous: bool) -> dict[str, Any]:
         "summary_samples_per_s": summary["samples_per_s"],  # hone's own figure, warm-up steps included
         "wall_seconds": wall,  # run() end to end: Ray start, actors, eval before/after, export
         "threads": dict(HONE_THREADS),
+        "rollout_engine": summary["rollout_engine"],
+        "mismatch_logp_abs": mean_after_warmup([r["mismatch_logp_abs"] for r in records]),
     }
 
 
@@ -297,7 +306,7 @@ def trl_threads(name: str) -> int:
 def run_one(name: str, workdir: Path, steps: int) -> dict[str, Any]:
     if name.startswith("trl"):
         return run_trl(workdir, steps, trl_threads(name))
-    return run_hone(workdir, steps, asynchronous=name == "hone_async")
+    return run_hone(workdir, name, steps)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -335,7 +344,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, float |
     def best(name: str) -> float:
         return results[name]["min_step_seconds"]
 
-    return [
+    vllm = [
+        ("hone sync vllm / TRL samples/s", rate("hone_sync_vllm") / rate("trl"), 1.3, ">="),
+        ("hone async vllm / sync vllm", rate("hone_async_vllm") / rate("hone_sync_vllm"), 1.2, ">="),
+        ("hone sync vllm / hone sync hf", rate("hone_sync_vllm") / rate("hone_sync"), None, ""),
+    ]
+    return (vllm if "hone_sync_vllm" in results else []) + [
         ("hone sync / TRL samples/s", rate("hone_sync") / rate("trl"), 1.0, ">="),
         ("hone async / hone sync samples/s", rate("hone_async") / rate("hone_sync"), 1.0, ">"),
         ("hone async / TRL samples/s", rate("hone_async") / rate("trl"), None, ""),
@@ -360,8 +374,8 @@ def format_report(results: dict[str, dict[str, Any]], steps: int) -> str:
         f"TRL {results['trl']['threads']['torch']} (one process; 'TRL, 1 thread': 1); {THREADS} cores",
         f"{'run':<18}{'samples/s':>11}{'s/step':>9}{'loop s/step':>13}{'median s/step':>15}{'best s/step':>13}{'resp len':>10}{'wall s':>9}",
     ]
-    for name, label in RUNS.items():
-        r = results[name]
+    for name, r in results.items():
+        label = RUNS[name]
         wall = r.get("wall_seconds", r.get("train_seconds"))
         length = f"{r['response_length']:.1f}" if r.get("response_length") is not None else "n/a"
         lines.append(
@@ -371,9 +385,10 @@ def format_report(results: dict[str, dict[str, Any]], steps: int) -> str:
         )
     lines.append("(wall s: hone's whole run() incl. Ray start-up and eval; TRL's trainer.train())")
     lines.append("\nhone seconds per timed step, by phase (async: rollout = the wait for the overlapped rollout):")
-    for name in ("hone_sync", "hone_async"):
+    for name in (n for n in results if n.startswith("hone")):
         phases = results[name]["phase_seconds"]
-        lines.append(f"  {RUNS[name]:<16}" + "   ".join(f"{key} {value:6.3f}" for key, value in phases.items()))
+        mismatch = f"   |logp rollout - trainer| {results[name]['mismatch_logp_abs']:.4f}"
+        lines.append(f"  {RUNS[name]:<16}" + "   ".join(f"{key} {value:6.3f}" for key, value in phases.items()) + mismatch)
     lines.append("")
     for text, value, target, comparison in ratios(results):
         verdict = (
@@ -381,6 +396,16 @@ def format_report(results: dict[str, dict[str, Any]], steps: int) -> str:
         )
         lines.append(f"{text:<34}{value:>6.2f}{verdict}")
     return "\n".join(lines)
+
+
+def runs() -> list[str]:
+    """Every run, the vLLM ones where the vllm package is installed (said once otherwise)."""
+    from hone.training.generation import vllm_available
+
+    if vllm_available():
+        return list(RUNS)
+    print("the vllm package is not installed: the hone vllm runs are left out (run this with .venv-vllm/bin/python)")
+    return [name for name in RUNS if not name.endswith("_vllm")]
 
 
 def warn_if_busy() -> None:
@@ -412,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="hone-rl-bench-") as tmp:
         workdir = Path(tmp)
         build_workdir(workdir)
-        results = {name: run_child(name, workdir, args.steps) for name in RUNS}
+        results = {name: run_child(name, workdir, args.steps) for name in runs()}
     print(format_report(results, args.steps))
     settings = {
         "steps": args.steps,

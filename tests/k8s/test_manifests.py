@@ -303,6 +303,8 @@ def test_dockerfile_user_and_copies_match_the_manifests() -> None:
         for path in source.split():
             assert (REPO / path).exists(), f"the Dockerfile copies {path}, which the repo does not have"
     assert "pip install --no-cache-dir ." in text and "wget" in text  # KubeRay's probes call wget
+    assert re.search(r"^ARG VLLM=vllm$", text, re.M)  # the official vLLM, for rollout on GPUs
+    assert text.index('pip install --no-cache-dir "${VLLM}"') < text.index("pip install --no-cache-dir .")
     folders = re.findall(r'^"hone\.\w+" = "(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M)  # package-dir
     assert len(folders) >= 4
     copied = {path for source in re.findall(r"^COPY (.+) \S+$", text, re.M) for path in source.split()}

@@ -116,3 +116,5 @@ def test_validate_rl_prints_prompts_rewards_and_steps(assets, prompts, tmp_path,
     out = capsys.readouterr().out
     assert "108 train, 12 held out" in out and "letter_first x 1, exact_match x 1" in out and "total steps:      12" in out
     assert not (tmp_path / "run").exists()
+    assert main(["validate", str(config), *rl_overrides(assets, prompts, tmp_path / "run"), "generation.backend=hf"]) == 0
+    assert "rollout engine:   hf (generation.backend is hf)" in capsys.readouterr().out
