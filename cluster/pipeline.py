@@ -352,6 +352,7 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
     import ray
 
     from hone.training.evaluate import answer_agreement, pipeline_answers
+    from hone.training.generation import resolve_backend
     from hone.training.models import resolve_source
 
     cache = out / "answers.json"
@@ -370,6 +371,10 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
         flush=True,
     )
     task = worker_task(pipeline_answers, cfg.scaling)
+    if resolve_backend(cfg.generation.backend)[0] == "vllm":
+        # vLLM's engine runs inside the task's process and rebinds its threads: a process of its own, not
+        # one Ray would reuse for the next task.
+        task = task.options(max_calls=1)
     got = ray.get(
         task.remote(
             eval_cfg, model, asked.questions, asked.fmt, asked.probes, asked.text, asked.prompts, spec.retention_max_new_tokens

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hone.training.batches import collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, Row, normalize_answer
 from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
 from hone.training.tokens import Example, generation_prompt, reference_completion
+
+if TYPE_CHECKING:
+    from hone.training.generation import Engine
 
 
 def evaluate_model(
@@ -58,11 +61,16 @@ def pipeline_answers(
     retention the mean token loss on general text and greedy answers to general instructions (the caller
     compares them with the base model's own). `replies` keeps every scored reply, questions then probes:
     which facts a model missed, and what it said instead."""
+    from hone.training.generation import vllm_engine
+
     tokenizer, model = _load(cfg, model_dir, "causal")
-    replies = scored_replies(model, tokenizer, questions, fmt, cfg)
+    # The answers come from vLLM where generation.backend resolves to it (bf16 there: a near tie between
+    # two tokens may fall the other way than in fp32); the text loss always from the HF model.
+    engine = vllm_engine(cfg.generation.backend, model_dir)
+    replies = scored_replies(model, tokenizer, questions, fmt, cfg, engine)
     scores = reply_metrics(replies)
     if probes:
-        probed = scored_replies(model, tokenizer, probes, fmt, cfg)
+        probed = scored_replies(model, tokenizer, probes, fmt, cfg, engine)
         scores |= {k: v for k, v in reply_metrics(probed).items() if "/" in k}
         replies += probed
     if text.strip():
@@ -71,8 +79,8 @@ def pipeline_answers(
         scores["retention/loss"] = text_loss(model, tokenizer, text, window)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": ""}]} for p in prompts]
     longer = replace(cfg, eval=replace(cfg.eval, max_new_tokens=prompt_tokens))
-    answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer)] if rows else []
-    return {"scores": scores, "replies": replies, "retention_answers": answers}
+    answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer, engine)] if rows else []
+    return {"scores": scores, "replies": replies, "retention_answers": answers, "engine": engine.name if engine else "hf"}
 
 
 def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
@@ -157,7 +165,9 @@ def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cf
     return reply_metrics(scored_replies(model, tokenizer, rows, fmt, cfg))
 
 
-def scored_replies(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> list[dict[str, Any]]:
+def scored_replies(
+    model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig, engine: Engine | None = None
+) -> list[dict[str, Any]]:
     """Each held-out prompt's greedy reply, scored against its reference.
 
     exact_match: the completion equals the reference, ignoring case and whitespace runs (as the RL
@@ -166,7 +176,7 @@ def scored_replies(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: H
                  right answer inside a sentence still counts.
     """
     rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
-    completions = greedy_completions(model, tokenizer, rows, fmt, cfg)
+    completions = greedy_completions(model, tokenizer, rows, fmt, cfg, engine)
     replies = []
     for completion, row in zip(completions, rows, strict=True):
         reference = reference_completion(row, fmt, tokenizer)
@@ -206,10 +216,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def greedy_completions(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig) -> list[str]:
+def greedy_completions(
+    model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig, engine: Engine | None = None
+) -> list[str]:
+    """Greedy replies to the rows' prompts from `engine` (a vLLM engine on the same weights), or from the
+    HF model itself."""
     from hone.training.generation import HfEngine, Sampling
 
     special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
-    engine = HfEngine(model, tokenizer, cfg.eval.batch_size, add_special_tokens=special)
+    if engine is None:
+        engine = HfEngine(model, tokenizer, cfg.eval.batch_size)
+    engine.special = special
     prompts = [generation_prompt(r, fmt, tokenizer) for r in rows]
     return [c.text for c in engine.generate(prompts, Sampling(cfg.eval.max_new_tokens))]

@@ -44,6 +44,7 @@ class Completion:
 class Engine(Protocol):
     name: str
     tokenizer: Any  # the model's own: callers render chat prompts with it
+    special: bool  # whether tokenizing a prompt adds the tokenizer's special tokens (not for a rendered chat)
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Completion]: ...
 
@@ -81,11 +82,17 @@ def vllm_engine(backend: Backend, source: str, dtype: str = "bfloat16", **option
         return None
     if backend == "vllm":
         return VllmEngine(source, dtype, **options)
+    import torch
+
+    set_num_threads = torch.set_num_threads
     try:
         engine = VllmEngine(source, dtype, **options)
         engine.generate(["Hello"], Sampling(max_new_tokens=1))
         return engine
     except Exception as err:  # vLLM raises many kinds, from its config checks to a dead engine process
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op once it binds its threads; the HF
+        # engine that takes over must be able to set its own.
+        torch.set_num_threads = set_num_threads
         print(f"hone: generation.backend auto: vLLM cannot run {source} ({type(err).__name__}: {err}); using hf", file=sys.stderr)
         return None
 

@@ -88,3 +88,38 @@ def test_auto_falls_back_to_hf_for_a_model_vllm_cannot_run_and_says_why(tmp_path
     engine = make_engine("auto", model, dtype="float32")
     assert engine.name == "hf" and len(engine.generate(PROMPTS[:1], Sampling(max_new_tokens=2))) == 1
     assert "generation.backend auto: vLLM cannot run" in capsys.readouterr().err
+
+
+def _answering(tmp_path, backend: str, model) -> dict:
+    """A pipeline's held-out answers (questions, probes, retention text and prompts) from one model."""
+    from hone.training.config import load_config
+    from hone.training.evaluate import pipeline_answers
+    from tests.conftest import sft_overrides
+    from tests.tiny import copy_rows, write_jsonl
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = write_jsonl(tmp_path / "copy.jsonl", copy_rows(8))
+    cfg = load_config(None, sft_overrides({"llama": model, "copy": data}, tmp_path / "run", f"generation.backend={backend}"))
+    questions = [{**r, "key_fact": r["completion"].strip()} for r in copy_rows(6, seed=1)]
+    probes = [{**r, "group": "doc_recall"} for r in copy_rows(2, seed=2)]
+    return pipeline_answers(cfg, str(model), questions, "prompt_completion", probes, "a b c d e f g h " * 8, ["copy a b ->"])
+
+
+def test_pipeline_answers_come_from_the_hf_model_when_hf_is_asked(tmp_path):
+    got = _answering(tmp_path, "hf", make_causal_model(tmp_path / "llama"))
+    assert got["engine"] == "hf" and len(got["replies"]) == 8 and len(got["retention_answers"]) == 1
+    assert {"exact_match", "contains", "contains/doc_recall", "retention/loss"} <= got["scores"].keys()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="the vllm package is not installed")
+def test_pipeline_answers_come_from_vllm_where_it_runs(tmp_path):
+    """The pipeline's evaluation answers through vLLM (its text loss through HF); on the same weights most
+    greedy replies are HF's too (a near tie on this random tiny model may fall the other way in bf16)."""
+    model = make_causal_model(tmp_path / "llama", hidden_size=256, intermediate_size=512, num_layers=2)
+    by_vllm, by_hf = _answering(tmp_path / "v", "vllm", model), _answering(tmp_path / "h", "hf", model)
+    assert by_vllm["engine"] == "vllm" and by_hf["engine"] == "hf"
+    same = sum(a["reply"] == b["reply"] for a, b in zip(by_vllm["replies"], by_hf["replies"], strict=True))
+    assert same >= len(by_hf["replies"]) // 2, (by_vllm["replies"], by_hf["replies"])
+    assert by_vllm["scores"]["retention/loss"] == pytest.approx(by_hf["scores"]["retention/loss"])
