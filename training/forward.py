@@ -12,6 +12,7 @@ from hone.training.batches import apply_mlm_masking, collate, collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
 from hone.training.losses import (
+    IGNORE,
     bradley_terry_loss,
     causal_lm_loss_sum,
     completion_logps,
@@ -78,6 +79,15 @@ def step_loss_sum(model: Any, batch: dict[str, Any], kind: str, cfg: HoneConfig)
     losses, _ = pair_losses(model, batch, cfg.mode, cfg.dpo.beta)
     weights = batch["pair_mask"]
     return (losses * weights).sum(), weights.sum()
+
+
+def step_target_count(batch: dict[str, Any], kind: str, mode: str) -> int:
+    """How many targets `step_loss_sum` will count in this micro-batch, known before its forward pass:
+    next-token targets for a causal LM, masked tokens for a masked one, pairs for dpo and reward."""
+    if mode in PREFERENCE_MODES:
+        return int(batch["pair_mask"].sum())
+    labels = batch["labels"] if kind == "masked" else batch["labels"][:, 1:]
+    return int((labels != IGNORE).sum())
 
 
 def pair_scores(model: Any, batch: dict[str, Any], mode: str) -> tuple[Any, Any]:

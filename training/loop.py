@@ -23,8 +23,7 @@ from hone.training.batches import apply_mlm_masking, collate, collate_pairs, exa
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
 from hone.training.ds_config import cpu_autocast, initialize_engine
-from hone.training.forward import step_loss_sum, summed_loss
-from hone.training.losses import mean_loss
+from hone.training.forward import step_loss_sum, step_target_count, summed_loss
 from hone.training.tokens import IGNORE, Example
 
 
@@ -80,7 +79,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     clock = _CheckpointClock(cfg, logger, rank)
     while step < total:
         started, lr = time.perf_counter(), engine.get_lr()[0]  # the LR this step trains with
-        loss_sum, num_loss_tokens, num_tokens, num_real = _train_step(engine, batcher, step, plan.kind)
+        loss_sum, num_loss_tokens, num_tokens, num_real, norm = _train_step(engine, batcher, step, plan.kind)
         step += 1
         # Rank 0's clock rides on the step's all-reduce, so every rank takes the same decisions.
         *stats, due, stop, poll = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real, *clock.flags())
@@ -97,6 +96,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "real_tokens_per_s": stats[3] / seconds,
             "step_seconds": seconds,
         }
+        if norm is not None:  # before clipping, of the whole step's gradient
+            metrics["grad_norm"] = norm
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total:
             metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan.kind, tokenizer, rank, world)
         if rank == 0:
@@ -199,20 +200,48 @@ class _Batcher:
         return {k: v.to(device) for k, v in batch.items()}
 
 
-def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[float, int, int, int]:
+def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[float, int, int, int, float | None]:
+    """One optimizer step over this rank's `grad_accum` micro-batches. Its loss is the sum over every target
+    of the global batch (all micro-batches, all ranks) divided by their global count, so rows of different
+    lengths weigh the same however the batch is split: each rank first counts its targets, one all-reduce
+    gives the global count, and each micro-batch's summed loss is divided by it. DeepSpeed then divides by
+    the accumulation steps and averages ranks; the scale undoes both (as transformers' num_items_in_batch)."""
+    import torch
+    import torch.distributed as dist
+
+    cfg = batcher.cfg
     loss_total, loss_tokens, tokens, real = 0.0, 0, 0, 0
     engine.train()
-    for micro in range(batcher.cfg.train.grad_accum):
-        batch = batcher.get(step, micro, engine.device)
+    batches = [batcher.get(step, micro, engine.device) for micro in range(cfg.train.grad_accum)]
+    local = sum(step_target_count(b, kind, cfg.mode) for b in batches)
+    (count,) = _all_reduce_sum(torch, dist, float(local)) if dist.is_initialized() else [float(local)]
+    # Written as one division: with one rank and no accumulation it is exactly the micro-batch mean.
+    denominator = max(count, 1.0) / (cfg.train.grad_accum * (dist.get_world_size() if dist.is_initialized() else 1))
+    norm = None
+    for micro, batch in enumerate(batches):
         real += int(batch.pop("num_real_tokens"))
         tokens += batch["input_ids"].numel()
-        with cpu_autocast(batcher.cfg):
-            loss_sum, n = step_loss_sum(engine, batch, kind, batcher.cfg)
-        engine.backward(mean_loss(loss_sum, n))
+        with cpu_autocast(cfg):
+            loss_sum, n = step_loss_sum(engine, batch, kind, cfg)
+        engine.backward(loss_sum / denominator)
+        if micro == len(batches) - 1 and engine.zero_optimization_stage() == 0:
+            norm = _grad_norm(engine)  # ZeRO 1-3 keep their own (get_global_grad_norm); stage 0 does not
         engine.step()
         loss_total += float(loss_sum.detach())
         loss_tokens += int(n)
-    return loss_total, loss_tokens, tokens, real
+    if norm is None:
+        global_norm = engine.get_global_grad_norm()
+        norm = None if global_norm is None else float(global_norm)
+    return loss_total, loss_tokens, tokens, real, norm
+
+
+def _grad_norm(engine: Any) -> float:
+    """The 2-norm of the step's gradient, before clipping. Without ZeRO, DeepSpeed has already averaged the
+    gradients across ranks at the accumulation boundary's backward, so every rank holds the global one."""
+    import torch
+
+    grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def _all_reduce_sum(torch: Any, dist: Any, *values: float) -> list[float]:

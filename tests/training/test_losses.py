@@ -99,3 +99,30 @@ def test_lr_schedule_warmup_then_decay():
     assert math.isclose(lr_multiplier(20, 4, 20, "linear", 0.1), 0.1)
     assert math.isclose(lr_multiplier(12, 4, 20, "linear", 0.0), 0.5)
     assert lr_multiplier(15, 0, 20, "constant", 0.0) == 1.0
+
+
+def test_a_micro_batchs_target_count_is_known_before_its_forward_pass(tmp_path):
+    """The step's global target count is summed before any loss is computed; it must be the count the
+    loss itself returns, for causal and masked batches and for preference pairs."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from hone.training.batches import apply_mlm_masking, collate
+    from hone.training.forward import forward_loss_sum, step_target_count
+    from tests.tiny import make_causal_model, make_masked_model
+
+    causal = AutoModelForCausalLM.from_pretrained(make_causal_model(tmp_path / "c"))
+    rows = [[5, 6, 7, 8], [5, 9], [5, 6, 7]]
+    examples = [{"input_ids": r, "labels": [IGNORE] + r[1:]} for r in rows]
+    batch = collate(examples, 0)
+    batch.pop("num_real_tokens")
+    _, n = forward_loss_sum(causal, batch, "causal")
+    assert step_target_count(batch, "causal", "sft") == int(n) == 6
+
+    masked = AutoModelForMaskedLM.from_pretrained(make_masked_model(tmp_path / "m"))
+    plain = collate([{"input_ids": r, "special_mask": [0] * len(r)} for r in rows], 0)
+    plain.pop("num_real_tokens")
+    batch = apply_mlm_masking(plain, 0.5, 4, 32, seed=1)
+    _, n = forward_loss_sum(masked, batch, "masked")
+    assert step_target_count(batch, "masked", "pretrain") == int(n) > 0
+
+    assert step_target_count({"pair_mask": torch.tensor([1.0, 1.0, 0.0])}, "causal", "dpo") == 2
