@@ -74,11 +74,13 @@ class PolicyWorker(Located):
 
     def _build_engine(self) -> tuple[Any, Any]:
         from hone.training.ds_config import initialize_engine
-        from hone.training.models import add_lora, load_model, load_tokenizer
+        from hone.training.models import add_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 
         cfg = self.cfg
         tokenizer = load_tokenizer(cfg.model, self.resolved)
         model = load_model(cfg.model, self.resolved, "causal")
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if cfg.lora.enabled:
             model = add_lora(model, cfg.lora, "causal")
         samples_per_rank = cfg.rl.prompts_per_step * cfg.rl.group_size // self.world

@@ -96,6 +96,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     # auto: masked LM for encoder-only models (BERT-style), causal LM otherwise.
     objective: Literal["auto", "causal", "masked"] = "auto"
+    # The attention kernel transformers uses: sdpa (PyTorch's fused attention, everywhere), eager (plain
+    # matmuls: slower, the reference), or flash_attention_2 (GPU only, the flash-attn package: least
+    # memory at long sequences; it takes no 4D mask, so not with data.share_prefix).
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,10 @@ class TrainConfig:
     # otherwise make the model overconfident on all text: on the handbook quickstart the loss on general
     # text rose 26%, most of it recoverable by a softer temperature. 0.1 is the usual value.
     label_smoothing: float = 0.0
+    # Recompute each block's activations in the backward pass instead of keeping them: activation memory
+    # drops from every layer's to about one layer's, for roughly a third more compute per step. The same
+    # loss and gradients (tests/e2e/test_memory_switches.py).
+    gradient_checkpointing: bool = False
     # Compile each transformer block with torch.compile (regional compilation: one block's graph serves all
     # of them). Costs about a minute of compiling on 2 CPU cores, the first time on a machine; then an sft
     # step of SmolLM2-135M takes 0.7x the time (bench/sft_compile.py). Worth it from a few hundred steps.
@@ -719,6 +727,15 @@ def check(cfg: HoneConfig) -> None:
         _require(0.0 < cfg.data.eval < 1.0, "data.eval", cfg.data.eval, "give a fraction in (0, 1) or a list of eval files")
     if not cfg.scaling.use_gpu:
         _require(cfg.deepspeed.precision != "fp16", "deepspeed.precision", "fp16", "fp16 needs a GPU; use auto or fp32 on CPU")
+    if cfg.model.attn_implementation == "flash_attention_2":
+        key, value = "model.attn_implementation", "flash_attention_2"
+        _require(cfg.scaling.use_gpu, key, value, "flash-attention runs on GPUs only: set scaling.use_gpu=true or use sdpa")
+        _require(
+            not cfg.data.share_prefix,
+            key,
+            value,
+            "it takes no 4D mask for rows packed behind a shared prompt: set data.share_prefix=false",
+        )
     _positive(cfg, "dpo.beta")
     _check_storage(cfg)
     if cfg.mode == "rl":

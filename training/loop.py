@@ -135,11 +135,13 @@ def _epoch_ends(cfg: HoneConfig, plan: TrainPlan, step: int) -> bool:
 
 
 def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
-    from hone.training.models import add_lora, compile_blocks, load_model, load_tokenizer
+    from hone.training.models import add_lora, compile_blocks, enable_gradient_checkpointing, load_model, load_tokenizer
 
     cfg = plan.config
     tokenizer = load_tokenizer(cfg.model, plan.resolved_model)
     model = load_model(cfg.model, plan.resolved_model, plan.kind)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora, plan.kind)
     if cfg.train.compile:
@@ -289,7 +291,7 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
     import ray
     import torch
 
-    from hone.training.models import compiled_blocks
+    from hone.training.models import compiled_blocks, hf_model
 
     params = list(engine.module.parameters())
     return {
@@ -302,4 +304,7 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "compiled_blocks": compiled_blocks(engine.module),
         "niceness": os.nice(0),
+        # what the model really runs with, from the model itself (the tests check the switches took)
+        "gradient_checkpointing": bool(getattr(hf_model(engine.module), "is_gradient_checkpointing", False)),
+        "attn_implementation": getattr(hf_model(engine.module).config, "_attn_implementation", None),
     }

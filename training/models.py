@@ -157,7 +157,18 @@ def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) 
     if kind == "reward":
         return _load_reward_model(model, resolved, dtype or torch.float32)
     auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
-    return auto.from_pretrained(resolved, trust_remote_code=model.trust_remote_code, dtype=dtype or torch.float32)
+    return auto.from_pretrained(
+        resolved,
+        trust_remote_code=model.trust_remote_code,
+        dtype=dtype or torch.float32,
+        attn_implementation=model.attn_implementation,
+    )
+
+
+def enable_gradient_checkpointing(module: Any) -> None:
+    """Recompute activations in the backward pass (train.gradient_checkpointing). Non-reentrant checkpoints:
+    they need no input that requires grad, so a LoRA model (frozen embeddings) works as it is."""
+    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _load_reward_model(model: ModelConfig, resolved: str, dtype: Any) -> Any:
@@ -170,8 +181,9 @@ def _load_reward_model(model: ModelConfig, resolved: str, dtype: Any) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(REWARD_HEAD_SEED)
         reward = AutoModelForSequenceClassification.from_pretrained(
-            resolved, num_labels=1, pad_token_id=pad_id, trust_remote_code=model.trust_remote_code, dtype=dtype
-        )
+            resolved, num_labels=1, pad_token_id=pad_id, trust_remote_code=model.trust_remote_code, dtype=dtype,
+            attn_implementation=model.attn_implementation,
+        )  # fmt: skip
     reward.config.pad_token_id = pad_id
     return reward
 
