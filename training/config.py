@@ -96,10 +96,11 @@ class ModelConfig:
     trust_remote_code: bool = False
     # auto: masked LM for encoder-only models (BERT-style), causal LM otherwise.
     objective: Literal["auto", "causal", "masked"] = "auto"
-    # The attention kernel transformers uses: sdpa (PyTorch's fused attention, everywhere), eager (plain
-    # matmuls: slower, the reference), or flash_attention_2 (GPU only, the flash-attn package: least
-    # memory at long sequences; it takes no 4D mask, so not with data.share_prefix).
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # The attention kernel transformers uses: auto (transformers' choice: sdpa where the architecture has
+    # it, else eager), sdpa (PyTorch's fused attention), eager (plain matmuls: slower, the reference), or
+    # flash_attention_2 (GPU only, the flash-attn package: least memory at long sequences; it takes no 4D
+    # mask, so not with data.share_prefix).
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
 
 @dataclass(frozen=True)

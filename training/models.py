@@ -161,8 +161,12 @@ def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) 
         resolved,
         trust_remote_code=model.trust_remote_code,
         dtype=dtype or torch.float32,
-        attn_implementation=model.attn_implementation,
+        attn_implementation=_attention(model),
     )
+
+
+def _attention(model: ModelConfig) -> str | None:
+    return None if model.attn_implementation == "auto" else model.attn_implementation  # None: transformers picks
 
 
 def enable_gradient_checkpointing(module: Any) -> None:
@@ -182,7 +186,7 @@ def _load_reward_model(model: ModelConfig, resolved: str, dtype: Any) -> Any:
         torch.manual_seed(REWARD_HEAD_SEED)
         reward = AutoModelForSequenceClassification.from_pretrained(
             resolved, num_labels=1, pad_token_id=pad_id, trust_remote_code=model.trust_remote_code, dtype=dtype,
-            attn_implementation=model.attn_implementation,
+            attn_implementation=_attention(model),
         )  # fmt: skip
     reward.config.pad_token_id = pad_id
     return reward
