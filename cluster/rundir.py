@@ -63,8 +63,16 @@ def _session_free(value: Any) -> Any:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
-    keys = a.keys() | b.keys()
-    return sorted(k for k in keys if k not in RESUMABLE_CHANGES and _session_free(a.get(k)) != _session_free(b.get(k)))
+    defaults = _flatten(to_dict(HoneConfig()))
+
+    def differs(key: str) -> bool:
+        if key in RESUMABLE_CHANGES:
+            return False
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
+            return False  # a setting newer than the saved run, left at its default: the run ran that way
+        return _session_free(a.get(key)) != _session_free(b.get(key))
+
+    return sorted(k for k in a.keys() | b.keys() if differs(k))
 
 
 def inspect(cfg: HoneConfig) -> tuple[Path, str]:

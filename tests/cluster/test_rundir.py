@@ -28,3 +28,16 @@ def test_a_resubmitted_job_is_the_same_run_after_a_cluster_restart():
 
     assert config_differences(shipped("session_1", "_ray_pkg_ab12"), shipped("session_2", "_ray_pkg_ab12")) == []
     assert config_differences(shipped("session_1", "_ray_pkg_ab12"), shipped("session_1", "_ray_pkg_cd34")) == ["data.train"]
+
+
+def test_a_run_saved_before_a_setting_existed_is_the_same_run_while_that_setting_is_at_its_default():
+    """Upgrading hone adds settings; a run dir written before them must resume or be reported finished,
+    not refused as a different run, unless the new setting is actually changed."""
+    from hone.training.config import load_config, to_dict
+
+    new = to_dict(load_config(None, ["model.source=/m", "data.train=[x]"]))
+    old = json.loads(json.dumps(new))
+    del old["train"]["gradient_checkpointing"], old["model"]["attn_implementation"]
+    assert config_differences(old, new) == []
+    changed = to_dict(load_config(None, ["model.source=/m", "data.train=[x]", "train.gradient_checkpointing=true"]))
+    assert config_differences(old, changed) == ["train.gradient_checkpointing"]
