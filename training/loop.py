@@ -216,9 +216,9 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[f
     engine.train()
     batches = [batcher.get(step, micro, engine.device) for micro in range(cfg.train.grad_accum)]
     local = sum(step_target_count(b, kind, cfg.mode) for b in batches)
-    (count,) = _all_reduce_sum(torch, dist, float(local)) if dist.is_initialized() else [float(local)]
+    (count,) = _all_reduce_sum(torch, dist, float(local))  # the worker loop always runs in a process group
     # Written as one division: with one rank and no accumulation it is exactly the micro-batch mean.
-    denominator = max(count, 1.0) / (cfg.train.grad_accum * (dist.get_world_size() if dist.is_initialized() else 1))
+    denominator = max(count, 1.0) / (cfg.train.grad_accum * dist.get_world_size())
     norm = None
     for micro, batch in enumerate(batches):
         real += int(batch.pop("num_real_tokens"))
