@@ -12,7 +12,6 @@ import datetime
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ CHECKPOINT_TAG = "policy"
 # by the controller (mismatch_logp_max, a maximum, is kept apart).
 # Weight sync sends the policy in pieces of about this many bytes (fp32): the rollout side loads one piece
 # while the next is still in the object store.
-SYNC_CHUNK_BYTES = 256 << 20
 MEAN_STATS = ("clip_fraction", "kl", "ratio_mean", "is_weight_mean", "mismatch_logp_abs", "mismatch_kl")
 
 
@@ -73,12 +71,12 @@ class PolicyWorker(Located):
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def _build_engine(self) -> tuple[Any, Any]:
-        from hone.training.ds_config import initialize_engine
-        from hone.training.models import add_lora, enable_gradient_checkpointing, load_model, load_tokenizer
+        from hone.training.ds_config import engine_config, initialize_engine
+        from hone.training.models import add_lora, enable_gradient_checkpointing, load_for_engine, load_tokenizer
 
         cfg = self.cfg
         tokenizer = load_tokenizer(cfg.model, self.resolved)
-        model = load_model(cfg.model, self.resolved, "causal")
+        model = load_for_engine(cfg.model, self.resolved, "causal", engine_config(cfg))
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if cfg.lora.enabled:
@@ -146,39 +144,18 @@ class PolicyWorker(Located):
 
     def weights(self) -> list[Any]:
         """What rollout actors need, put in the object store by rank 0 as chunks of the state dict (about
-        SYNC_CHUNK_BYTES each): the LoRA adapter alone when LoRA is on (a few MB), else every parameter.
+        GATHER_CHUNK_BYTES each, in fp32): the LoRA adapter alone when LoRA is on (a few MB), else every parameter.
         Collective under ZeRO-3, one chunk's parameters gathered at a time: no rank holds the whole model."""
         import ray
-
-        refs = [ray.put(chunk) for chunk in self._gathered_chunks()]
-        return refs if self.rank == 0 else []
-
-    def _gathered_chunks(self) -> Iterator[dict[str, Any]]:
-        """Rank 0 yields the chunks; under ZeRO-3 the other ranks take part in each gather and yield nothing."""
         import torch
 
-        module = self.engine.module
-        if self.cfg.lora.enabled:
-            from peft import get_peft_model_state_dict
+        from hone.training.export import gathered_chunks
 
-            groups = [[p for n, p in module.named_parameters() if "lora_" in n]]
-            grab: Any = lambda _: get_peft_model_state_dict(module)  # noqa: E731
-        else:
-            named = list(module.named_parameters())
-            groups = [[p for _, p in part] for part in _by_size(named, SYNC_CHUNK_BYTES)]
-            names = {id(p): n for n, p in named}
-            grab = lambda params: {names[id(p)]: p for p in params}  # noqa: E731
-        for params in groups:
-            if self.cfg.deepspeed.zero_stage == 3:
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                    chunk = _detached(grab(params)) if self.rank == 0 else None
-            else:
-                with torch.no_grad():
-                    chunk = _detached(grab(params)) if self.rank == 0 else None
-            if chunk is not None:
-                yield chunk
+        chunks = gathered_chunks(
+            self.engine.module, self.cfg.deepspeed.zero_stage, self.rank, self.cfg.lora.enabled, torch.float32
+        )
+        refs = [ray.put(chunk) for chunk in chunks]
+        return refs if self.rank == 0 else []
 
     def save(self, folder: str) -> None:
         import torch
@@ -212,22 +189,3 @@ class PolicyWorker(Located):
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:07d}"
-
-
-def _by_size(named: list[tuple[str, Any]], limit: int) -> list[list[tuple[str, Any]]]:
-    """Consecutive parameters in groups of at most `limit` bytes in fp32 (a larger parameter alone). Under
-    ZeRO-3 a parameter's local tensor is a shard: its full size is `ds_numel`."""
-    groups: list[list[tuple[str, Any]]] = [[]]
-    size = 0
-    for name, p in named:
-        nbytes = 4 * getattr(p, "ds_numel", p.numel())
-        if groups[-1] and size + nbytes > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, p))
-        size += nbytes
-    return groups
-
-
-def _detached(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().float().cpu().clone() for k, v in state.items()}

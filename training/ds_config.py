@@ -57,6 +57,25 @@ def deepspeed_config(cfg: HoneConfig, precision: str) -> dict[str, Any]:
     }
 
 
+def engine_config(cfg: HoneConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON of this process's engine: the precision resolved against the GPU it has."""
+    import torch
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))
+
+
+def load_dtype(ds_config: dict[str, Any]) -> Any:
+    """The dtype to load the model in: the one the engine trains in (bf16 or fp16 weights on GPU), else fp32.
+    Loading straight in it means no process ever holds an fp32 copy of a bf16 model (on CPU, bf16 is
+    autocast over fp32 weights, so CPU stays fp32)."""
+    import torch
+
+    if ds_config["bf16"]["enabled"]:
+        return torch.bfloat16
+    return torch.float16 if ds_config["fp16"]["enabled"] else torch.float32
+
+
 def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
     """The DeepSpeed engine for `model` with hone's optimizer, precision and LR schedule (warmup then
     cfg.optim.decay over total_steps). `cfg.train` sets the micro-batch and accumulation arithmetic."""
@@ -65,8 +84,7 @@ def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
 
     from hone.training.losses import lr_multiplier
 
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    ds_config = deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))
+    ds_config = engine_config(cfg)
     opt = cfg.optim
 
     def schedule(optimizer: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
-from hone.training.ds_config import cpu_autocast, initialize_engine
+from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
 from hone.training.forward import step_loss_sum, step_target_count, summed_loss
 from hone.training.tokens import IGNORE, Example
 
@@ -77,6 +77,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     total = plan.total_steps
     batcher = _Batcher(cfg, plan.kind, tokenizer, train_examples, rank, world)
     clock = _CheckpointClock(cfg, logger, rank)
+    train_peak: float | None = None  # the peak RSS of the steps, without the export's (a stopped run has none)
     while step < total:
         started, lr = time.perf_counter(), engine.get_lr()[0]  # the LR this step trains with
         loss_sum, num_loss_tokens, num_tokens, num_real, norm = _train_step(engine, batcher, step, plan.kind)
@@ -117,8 +118,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 print(f"hone: stopped at step {step} as asked, after saving its checkpoint", flush=True)
             break
     else:
+        train_peak = _peak_rss_mb()  # before the export, for which rank 0 holds the weights in the base dtype
         export_model(engine, cfg, plan.resolved_model, plan.kind, Path(plan.run_dir) / "model", tokenizer, rank)
-    logger.worker.remote({**_worker_info(engine, cfg, rank), "peak_rss_mb": _peak_rss_mb()})
+    info = {**_worker_info(engine, cfg, rank), "peak_rss_mb": _peak_rss_mb(), "train_peak_rss_mb": train_peak}
+    logger.worker.remote(info)
     engine.destroy()
     dist.barrier()
     dist.destroy_process_group()
@@ -135,11 +138,11 @@ def _epoch_ends(cfg: HoneConfig, plan: TrainPlan, step: int) -> bool:
 
 
 def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
-    from hone.training.models import add_lora, compile_blocks, enable_gradient_checkpointing, load_model, load_tokenizer
+    from hone.training.models import add_lora, compile_blocks, enable_gradient_checkpointing, load_for_engine, load_tokenizer
 
     cfg = plan.config
     tokenizer = load_tokenizer(cfg.model, plan.resolved_model)
-    model = load_model(cfg.model, plan.resolved_model, plan.kind)
+    model = load_for_engine(cfg.model, plan.resolved_model, plan.kind, engine_config(cfg))
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if cfg.lora.enabled:

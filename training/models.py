@@ -165,6 +165,33 @@ def load_model(model: ModelConfig, resolved: str, kind: str, dtype: Any = None) 
     )
 
 
+def load_for_engine(model: ModelConfig, resolved: str, kind: str, ds_config: dict[str, Any]) -> Any:
+    """The model a DeepSpeed engine with `ds_config` will train, loaded in the dtype it trains in.
+
+    Under ZeRO-3 the model is created already partitioned: transformers' DeepSpeed integration builds it
+    inside `deepspeed.zero.Init` (each layer is split across the ranks as soon as it exists) and then
+    loads the checkpoint one layer at a time, gathering only that layer while rank 0 copies its tensors in
+    from the memory-mapped file. No rank ever holds the whole model, as it would if the model were loaded
+    whole and then handed to DeepSpeed to partition (what made ZeRO-3 pointless for models that only fit
+    sharded)."""
+    from hone.training.ds_config import load_dtype
+
+    dtype = load_dtype(ds_config)
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return load_model(model, resolved, kind, dtype)
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed()  # zero.Init reads the world size from DeepSpeed's view of the process group
+    # transformers reads this through a weak reference: it must stay alive while the model loads, and no
+    # longer (later from_pretrained calls in this process, e.g. a reference model, load whole as before).
+    zero3 = HfDeepSpeedConfig(ds_config)
+    try:
+        return load_model(model, resolved, kind, dtype)
+    finally:
+        del zero3
+
+
 def _attention(model: ModelConfig) -> str | None:
     return None if model.attn_implementation == "auto" else model.attn_implementation  # None: transformers picks
 

@@ -60,7 +60,7 @@ def _check_against_hf(completions, model, tokenizer, temperature: float = 1.0) -
 def test_weights_streamed_into_vllm_give_the_hf_policys_tokens_and_log_probs(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hone.rl.policy import _by_size
+    from hone.training.export import _by_size
     from hone.training.generation import Sampling, VllmEngine
 
     engine = VllmEngine(str(_vllm_model(tmp_path / "a", seed=0)), "bfloat16", tempered_logprobs=True)

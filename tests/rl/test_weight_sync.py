@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hone.rl.policy import _by_size
 from hone.rl.workers import _load_chunks
+from hone.training.export import _by_size
 from tests.tiny import make_causal_model
 
 
