@@ -176,6 +176,11 @@ class DeepSpeedConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # ZeRO-3 keeps parameters smaller than this unpartitioned (DeepSpeed's default is 1e5).
     param_persistence_threshold: int = 100_000
+    # ZeRO-3 holds at most about this many parameters gathered at once, and partitions again any parameter
+    # not used again within this many elements. 0: 1e8 on CPU, where saving memory is why one shards (at
+    # DeepSpeed's 1e9 a model under ~1B parameters stays gathered through the step: bench/memory.py), and
+    # DeepSpeed's 1e9 on GPUs, where prefetching more layers hides the all-gathers behind compute.
+    max_live_parameters: int = 0
 
 
 @dataclass(frozen=True)
@@ -692,6 +697,7 @@ def check(cfg: HoneConfig) -> None:
     _non_negative(cfg, "checkpoint.every_minutes", "train.label_smoothing")
     _require(cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "use a value in [0, 1), e.g. 0.1")
     _non_negative(cfg, "deepspeed.param_persistence_threshold")
+    _non_negative(cfg, "deepspeed.max_live_parameters")
     _positive(cfg, "scaling.collective_timeout_s")
     z = cfg.deepspeed.zero_stage
     _require(z in (0, 1, 2, 3), "deepspeed.zero_stage", z, "use 0, 1, 2 or 3")

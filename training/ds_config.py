@@ -22,11 +22,21 @@ def resolve_precision(cfg: HoneConfig, gpu_supports_bf16: bool) -> str:
     return "bf16" if cfg.scaling.use_gpu and gpu_supports_bf16 else "fp32"
 
 
+# Elements per gradient-reduce and all-gather bucket (ZeRO 1-3). DeepSpeed's default, 5e8, is a 2 GB fp32
+# buffer that ZeRO-3 allocates on every rank whatever the model's size; 5e7 still fills a fast link.
+BUCKET_ELEMENTS = 50_000_000
+
+
 def deepspeed_config(cfg: HoneConfig, precision: str) -> dict[str, Any]:
     ds = cfg.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero["reduce_bucket_size"] = zero["allgather_bucket_size"] = BUCKET_ELEMENTS
     if ds.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
+        live = ds.max_live_parameters or (1_000_000_000 if cfg.scaling.use_gpu else 100_000_000)
+        zero["stage3_max_live_parameters"] = zero["stage3_max_reuse_distance"] = live
+        zero["stage3_prefetch_bucket_size"] = min(BUCKET_ELEMENTS, live)
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}

@@ -283,9 +283,15 @@ def _blank(example: Example) -> Example:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's VmHWM, where there is one: getrusage's ru_maxrss carries over the
+    peak of the process that exec'd this one (a Ray worker's, or a bench's parent that built a model)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB (macOS bytes)
 
 
 def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
