@@ -23,8 +23,6 @@ from hone.training.config import HoneConfig
 CHECKPOINT_TAG = "policy"
 # Update diagnostics that are per-token means: summed weighted by tokens here, divided by all ranks' tokens
 # by the controller (mismatch_logp_max, a maximum, is kept apart).
-# Weight sync sends the policy in pieces of about this many bytes (fp32): the rollout side loads one piece
-# while the next is still in the object store.
 MEAN_STATS = ("clip_fraction", "kl", "ratio_mean", "is_weight_mean", "mismatch_logp_abs", "mismatch_kl")
 
 
@@ -144,8 +142,9 @@ class PolicyWorker(Located):
 
     def weights(self) -> list[Any]:
         """What rollout actors need, put in the object store by rank 0 as chunks of the state dict (about
-        GATHER_CHUNK_BYTES each, in fp32): the LoRA adapter alone when LoRA is on (a few MB), else every parameter.
-        Collective under ZeRO-3, one chunk's parameters gathered at a time: no rank holds the whole model."""
+        GATHER_CHUNK_BYTES each, in fp32; the rollout side loads one while the next is still in the store):
+        the LoRA adapter alone when LoRA is on (a few MB), else every parameter. Collective under ZeRO-3,
+        one chunk's parameters gathered at a time: no rank holds the whole model."""
         import ray
         import torch
 
