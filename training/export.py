@@ -75,7 +75,7 @@ def _persistent_buffers(module: Any) -> dict[str, Any]:
 
 def _detached(state: dict[str, Any], dtype: Any) -> dict[str, Any]:
     """Floating-point tensors in `dtype`, the rest (integer buffers) as they are."""
-    return {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().clone() for k, v in state.items()}
+    return {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in state.items()}
 
 
 def base_dtype(resolved: str, trust_remote_code: bool = False) -> Any:
@@ -100,16 +100,17 @@ def export_model(engine: Any, cfg: HoneConfig, resolved: str, kind: str, out: Pa
     if rank == 0:
         if not cfg.lora.enabled:
             state.update(_detached(_persistent_buffers(engine.module), dtype))
-        write_model_dir(state, cfg, resolved, kind, tokenizer, out)
+        write_model_dir(state, cfg, resolved, kind, tokenizer, out, dtype)
     dist.barrier()
 
 
-def write_model_dir(state: dict[str, Any], cfg: HoneConfig, resolved: str, kind: str, tokenizer: Any, out: Path) -> None:
+def write_model_dir(
+    state: dict[str, Any], cfg: HoneConfig, resolved: str, kind: str, tokenizer: Any, out: Path, dtype: Any
+) -> None:
     """Save the trained weights (`state`: the adapter when LoRA is on, else every weight) as a model dir in
-    the base dtype, atomically: a crash leaves the earlier `out`, never half of a new one."""
+    the base `dtype`, atomically: a crash leaves the earlier `out`, never half of a new one."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    dtype = base_dtype(resolved, cfg.model.trust_remote_code)
     if cfg.lora.enabled:
         model = _with_adapter(state, cfg, resolved, kind, dtype, tmp)
     else:
