@@ -34,6 +34,7 @@ from hone.training.config import HoneConfig
 from hone.training.errors import HoneError
 from hone.training.files import read_json, write_json
 from hone.training.prepare import Prepared, attach_reference, prepare
+from hone.training.token_cache import TokenTable
 
 
 def run_train(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
@@ -71,7 +72,21 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, 
     from hone.training.evaluate import evaluate_model
 
     task = worker_task(evaluate_model, cfg.scaling)
-    return ray.get(task.remote(cfg, model_dir, prepared.kind, prepared.eval_examples, prepared.eval_rows, prepared.fmt))
+    examples = _shippable(cfg, prepared.eval_examples)
+    return ray.get(task.remote(cfg, model_dir, prepared.kind, examples, prepared.eval_rows, prepared.fmt))
+
+
+def _shippable(cfg: HoneConfig, examples: TokenTable) -> Any:
+    """The examples as the workers get them: the token cache's path, each worker mapping the file, when
+    every node sees it (one node, or data.cache_dir set to shared storage); else by value through the
+    object store, which Ray maps into each node's workers without a copy per worker."""
+    import ray
+
+    if examples.path is not None and (
+        cfg.data.cache_dir or len({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}) == 1
+    ):
+        return examples
+    return ray.put(examples.detached())
 
 
 def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
@@ -88,8 +103,8 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
     else:
         print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
         task = worker_task(reference_logps, cfg.scaling)
-        splits = {"train": prepared.train_examples, "eval": prepared.eval_examples}
-        logps = ray.get(task.remote(cfg, prepared.resolved_model, splits))
+        train, held_out = (_shippable(cfg, x) for x in (prepared.train_examples, prepared.eval_examples))
+        logps = ray.get(task.remote(cfg, prepared.resolved_model, train, held_out))
         write_json(path, logps)
     attach_reference(prepared, logps)
 
@@ -119,8 +134,8 @@ def _train(
         config=cfg,
         resolved_model=prepared.resolved_model,
         kind=prepared.kind,
-        train_ref=ray.put(prepared.train_examples),
-        eval_ref=ray.put(prepared.eval_examples),
+        train_examples=_shippable(cfg, prepared.train_examples),
+        eval_examples=_shippable(cfg, prepared.eval_examples),
         logger=log,
         run_dir=str(run_dir),
         total_steps=prepared.total_steps,

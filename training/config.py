@@ -127,6 +127,9 @@ class DataConfig:
     share_prefix: bool = True
     # Share of tokens masked for masked-LM pretraining.
     mlm_probability: float = 0.15
+    # Where tokenized examples are cached by content (data, tokenizer, these settings): "" is
+    # ~/.cache/hone/tokens. Multi-node runs map the files on every node: point it at shared storage.
+    cache_dir: str = path_field("output", "")
 
 
 @dataclass(frozen=True)

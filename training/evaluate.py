@@ -11,6 +11,7 @@ reward:   held-out Bradley-Terry `loss`, pairwise `accuracy` (chosen scored abov
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,9 @@ def pair_metrics(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneC
     return {"loss": totals["loss"] / n, f"{prefix}accuracy": totals["correct"] / n, f"{prefix}margin": totals["margin"] / n}
 
 
-def reference_logps(cfg: HoneConfig, model_dir: str, splits: dict[str, list[Example]]) -> dict[str, list[list[float]]]:
+def reference_logps(
+    cfg: HoneConfig, model_dir: str, train: Sequence[Example], held_out: Sequence[Example]
+) -> dict[str, list[list[float]]]:
     """DPO's frozen reference: [chosen, rejected] summed completion log-probs of every pair under the base
     model. Batched exactly as the held-out evaluation batches, so before training the policy's log-probs
     equal these bit for bit and the margin is exactly 0."""
@@ -143,10 +146,10 @@ def reference_logps(cfg: HoneConfig, model_dir: str, splits: dict[str, list[Exam
     tokenizer, model = _load(cfg, model_dir, "causal")
     device = next(model.parameters()).device
     out: dict[str, list[list[float]]] = {}
-    for split, examples in splits.items():
+    for split, examples in (("train", train), ("eval", held_out)):
         pairs: list[list[float]] = []
         for start in range(0, len(examples), cfg.eval.batch_size):
-            batch = collate_pairs(examples[start : start + cfg.eval.batch_size], tokenizer.pad_token_id)
+            batch = collate_pairs(list(examples[start : start + cfg.eval.batch_size]), tokenizer.pad_token_id)
             with torch.no_grad():
                 chosen, rejected = pair_scores(model, {k: v.to(device) for k, v in batch.items()}, "dpo")
             pairs += [[c, r] for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
 from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
 from hone.training.forward import step_loss_sum, step_target_count, summed_loss
+from hone.training.token_cache import TokenTable
 from hone.training.tokens import IGNORE, Example
 
 
@@ -34,8 +36,8 @@ class TrainPlan:
     config: HoneConfig
     resolved_model: str  # the local model directory the run starts from (a converted GGUF, a hub download)
     kind: str  # the model's head: causal, masked or reward
-    train_ref: Any  # ray.ObjectRef of the tokenized train examples
-    eval_ref: Any  # ... and of the held-out ones
+    train_examples: Any  # the tokenized train examples: a TokenTable (mapped from the cache), or its ObjectRef
+    eval_examples: Any  # ... and the held-out ones
     logger: Any  # the RunLog actor: rank 0's per-step metrics, every worker's info
     run_dir: str
     total_steps: int
@@ -63,7 +65,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    train_examples, eval_examples = ray.get(plan.train_ref), ray.get(plan.eval_ref)
+    train_examples, eval_examples = (
+        x if isinstance(x, TokenTable) else ray.get(x) for x in (plan.train_examples, plan.eval_examples)
+    )
     engine, tokenizer = _build_engine(plan)
     logger = plan.logger
     logger.worker.remote(_worker_info(engine, cfg, rank))
@@ -185,7 +189,7 @@ class _CheckpointClock:
 class _Batcher:
     """This rank's micro-batches, as tensors on the engine's device."""
 
-    def __init__(self, cfg: HoneConfig, kind: str, tokenizer: Any, examples: list[Example], rank: int, world: int):
+    def __init__(self, cfg: HoneConfig, kind: str, tokenizer: Any, examples: Sequence[Example], rank: int, world: int):
         self.cfg, self.tokenizer, self.examples, self.rank, self.world = cfg, tokenizer, examples, rank, world
         self.masked = kind == "masked"
         self.pairs = cfg.mode in PREFERENCE_MODES
@@ -256,7 +260,7 @@ def _all_reduce_sum(torch: Any, dist: Any, *values: float) -> list[float]:
 
 
 def evaluate_loss(
-    engine: Any, examples: list[Example], cfg: HoneConfig, kind: str, tokenizer: Any, rank: int, world: int
+    engine: Any, examples: Sequence[Example], cfg: HoneConfig, kind: str, tokenizer: Any, rank: int, world: int
 ) -> float:
     """Held-out token-mean loss, sharded over ranks. Every rank runs the same number of forward passes
     (ZeRO-3 gathers parameters collectively), padding short shards with examples that count for nothing."""
@@ -264,7 +268,7 @@ def evaluate_loss(
     import torch.distributed as dist
 
     per_rank = -(-len(examples) // world)
-    shard: list[Example] = examples[rank::world]
+    shard = list(examples[rank::world])
     blank = _blank(examples[0])
     shard = shard + [blank] * (per_rank - len(shard))
     engine.eval()

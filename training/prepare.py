@@ -7,13 +7,17 @@ reported at once.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hone.training.config import HoneConfig
-from hone.training.data import PREFERENCE_MODES, DataError, Row, read_dataset
+from hone.training.data import PREFERENCE_MODES, DataError, DataWarning, Row, read_dataset
 from hone.training.ds_config import global_batch
 from hone.training.models import check_max_seq_len, load_tokenizer, objective, resolve_source
+from hone.training.token_cache import CacheWriter, TokenTable, cache_key, cache_root, read_entry
 
 if TYPE_CHECKING:
     from hone.training.tokens import Example, TokenStats
@@ -24,15 +28,16 @@ class Prepared:
     resolved_model: str
     kind: str  # causal | masked | reward (a sequence classifier with one score)
     fmt: str
-    train_rows: list[Row]
-    eval_rows: list[Row]
-    train_examples: list[Example]
-    eval_examples: list[Example]
+    eval_rows: list[Row]  # sft's held-out questions (generation metrics); empty in other modes
+    train_examples: TokenTable
+    eval_examples: TokenTable
     train_stats: TokenStats
     eval_stats: TokenStats
     global_batch: int
     steps_per_epoch: int
     total_steps: int
+    token_cache: str  # the cache entry the examples were read from
+    cache_hit: bool
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -46,17 +51,61 @@ class Prepared:
             "global_batch": self.global_batch,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
+            "token_cache": {"path": self.token_cache, "reused": self.cache_hit},
         }
 
 
-def shared_prefix_tokens(examples: list[Example]) -> int:
+def shared_prefix_tokens(examples: Sequence[Example]) -> int:
     """The prompt tokens packing placed once per sequence (tokens.pack_sharing_prefix), 0 when none."""
-    return examples[0]["segment_ids"].count(0) if examples and "segment_ids" in examples[0] else 0
+    return examples[0]["segment_ids"].count(0) if len(examples) and "segment_ids" in examples[0] else 0
 
 
 def prepare(cfg: HoneConfig) -> Prepared:
-    fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
+    """The run's tokenized examples, from the token cache when the same data, tokenizer and settings made
+    them before (see token_cache.py), else read, checked, tokenized and written to it."""
+    root, key = cache_root(cfg), cache_key(cfg)
+    entry = read_entry(root, key)
+    hit = entry is not None
+    if entry is None:
+        entry = _build(cfg, root, key)
+    else:
+        for message in entry[0]["warnings"]:
+            warnings.warn(message, DataWarning, stacklevel=2)
     from hone.training.batches import steps_per_epoch
+    from hone.training.tokens import TokenStats
+
+    meta, tables = entry
+    resolved = resolve_source(cfg.model.source)  # a GGUF's converted directory: cached, but may be gone
+    train_stats, eval_stats = (TokenStats.from_dict(meta["stats"][split]) for split in ("train", "eval"))
+    batch = global_batch(cfg)
+    per_epoch = steps_per_epoch(len(tables["train"]), batch)
+    if per_epoch == 0:
+        raise DataError(
+            f"the global batch ({batch} = micro_batch_per_device {cfg.train.micro_batch_per_device} x grad_accum "
+            f"{cfg.train.grad_accum} x num_workers {cfg.scaling.num_workers}) is larger than the {len(tables['train'])} "
+            "training sequences: add data or lower train.micro_batch_per_device / train.grad_accum / scaling.num_workers"
+        )
+    total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
+    return Prepared(
+        resolved,
+        meta["kind"],
+        meta["fmt"],
+        meta["eval_rows"],
+        tables["train"],
+        tables["eval"],
+        train_stats,
+        eval_stats,
+        batch,
+        per_epoch,
+        total,
+        str(root / key),
+        hit,
+    )
+
+
+def _build(cfg: HoneConfig, root: Path, key: str) -> tuple[dict[str, Any], dict[str, TokenTable]]:
+    """Read and check the data, then tokenize it into a new cache entry (committed only when whole)."""
+    fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
     from hone.training.tokens import pack
 
     resolved = resolve_source(cfg.model.source)
@@ -70,22 +119,39 @@ def prepare(cfg: HoneConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model, resolved)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
-    train, train_stats = _tokenize(cfg, kind, fmt, train_rows, tokenizer)
-    evals, eval_stats = _tokenize(cfg, kind, fmt, eval_rows, tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        train, train_stats = _tokenize(cfg, kind, fmt, train_rows, tokenizer)
+        evals, eval_stats = _tokenize(cfg, kind, fmt, eval_rows, tokenizer)
+    for w in caught:  # shown now, and again on every run that reuses the entry
+        warnings.warn(w.message, w.category, stacklevel=3)
     _require_examples(train, train_stats, cfg, "data.train")
     _require_examples(evals, eval_stats, cfg, "the eval split")
     if cfg.data.packing and kind == "causal":
         train = pack(train, cfg.data.max_seq_len, cfg.data.share_prefix)
-    batch = global_batch(cfg)
-    per_epoch = steps_per_epoch(len(train), batch)
-    if per_epoch == 0:
-        raise DataError(
-            f"the global batch ({batch} = micro_batch_per_device {cfg.train.micro_batch_per_device} x grad_accum "
-            f"{cfg.train.grad_accum} x num_workers {cfg.scaling.num_workers}) is larger than the {len(train)} training "
-            "sequences: add data or lower train.micro_batch_per_device / train.grad_accum / scaling.num_workers"
-        )
-    total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
-    return Prepared(resolved, kind, fmt, train_rows, eval_rows, train, evals, train_stats, eval_stats, batch, per_epoch, total)
+    writer = CacheWriter(root, key)
+    try:
+        for split, examples in (("train", train), ("eval", evals)):
+            for start in range(0, len(examples), WRITE_BATCH):
+                writer.write(split, examples[start : start + WRITE_BATCH])
+        meta = {
+            "fmt": fmt,
+            "kind": kind,
+            "stats": {"train": train_stats.as_dict(), "eval": eval_stats.as_dict()},
+            "eval_rows": eval_rows if cfg.mode == "sft" else [],
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, DataWarning)],
+        }
+        writer.commit(meta)
+    except BaseException:
+        writer.discard()
+        raise
+    entry = read_entry(root, key)
+    if entry is None:
+        raise DataError(f"the token cache entry {root / key} could not be read back right after writing it: check the disk")
+    return entry
+
+
+WRITE_BATCH = 4096  # examples per Arrow record batch
 
 
 def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any) -> tuple[list[Example], TokenStats]:
@@ -114,11 +180,11 @@ def _require_examples(examples: list[Example], stats: TokenStats, cfg: HoneConfi
 
 def attach_reference(prepared: Prepared, logps: dict[str, list[list[float]]]) -> None:
     """Give every DPO pair its reference log-probs ("ref_logps": [chosen, rejected]), computed once per run."""
-    for split, examples in (("train", prepared.train_examples), ("eval", prepared.eval_examples)):
+    for split in ("train", "eval"):
+        examples: TokenTable = getattr(prepared, f"{split}_examples")
         if len(logps[split]) != len(examples):
             raise DataError(
                 f"the cached reference log-probs cover {len(logps[split])} {split} pairs but the data now gives "
                 f"{len(examples)}: the data changed since this run started; set overwrite=true to start it again"
             )
-        for example, pair in zip(examples, logps[split], strict=True):
-            example["ref_logps"] = list(pair)
+        setattr(prepared, f"{split}_examples", examples.with_column("ref_logps", [list(pair) for pair in logps[split]]))

@@ -49,6 +49,13 @@ class TokenStats:
         self.num_loss_tokens += sum(t != IGNORE for t in labels) if labels is not None else len(example["input_ids"])
         self.max_tokens = max(self.max_tokens, len(example["input_ids"]))
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TokenStats:
+        """The inverse of as_dict (a token cache entry's stats)."""
+        names = ("rows", "examples", "tokens", "loss_tokens", "truncated", "max_tokens")
+        fields = ("num_rows", "num_examples", "num_tokens", "num_loss_tokens", "num_truncated", "max_tokens")
+        return cls(**{f: saved[n] for n, f in zip(names, fields, strict=True)}, dropped=Counter(saved["dropped"]))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows": self.num_rows,
