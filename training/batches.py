@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import torch
 
+from hone.training.ds_config import steps_per_epoch
 from hone.training.losses import IGNORE, mask_tokens
 from hone.training.tokens import Example
 
@@ -18,11 +19,6 @@ from hone.training.tokens import Example
 def _epoch_order(num_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return tuple(torch.randperm(num_examples, generator=generator).tolist())
-
-
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-    # The last partial global batch of an epoch is dropped so every step has the same size.
-    return num_examples // global_batch
 
 
 def example_indices(

@@ -14,6 +14,11 @@ def global_batch(cfg: HoneConfig) -> int:
     return cfg.train.micro_batch_per_device * cfg.train.grad_accum * cfg.scaling.num_workers
 
 
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    # The last partial global batch of an epoch is dropped so every step has the same size.
+    return num_examples // global_batch
+
+
 def resolve_precision(cfg: HoneConfig, gpu_supports_bf16: bool) -> str:
     """auto: bf16 on GPUs that have it, fp32 on CPU. bf16 asked for on CPU is autocast (`cpu_autocast`):
     DeepSpeed's own bf16 mode keeps bf16 weights and was no faster there."""

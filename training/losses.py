@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from hone.training.examples import IGNORE
 
 
 def causal_lm_loss_sum(

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, DataError, DataWarning, Row, read_dataset
-from hone.training.ds_config import global_batch
+from hone.training.ds_config import global_batch, steps_per_epoch
+from hone.training.examples import TokenStats
 from hone.training.models import check_max_seq_len, load_tokenizer, objective, resolve_source
 from hone.training.token_cache import CacheWriter, TokenTable, cache_key, cache_root, read_entry
 
 if TYPE_CHECKING:
-    from hone.training.tokens import Example, TokenStats
+    from hone.training.tokens import Example
 
 
 @dataclass
@@ -71,9 +72,6 @@ def prepare(cfg: HoneConfig) -> Prepared:
     else:
         for message in entry[0]["warnings"]:
             warnings.warn(message, DataWarning, stacklevel=2)
-    from hone.training.batches import steps_per_epoch
-    from hone.training.tokens import TokenStats
-
     meta, tables = entry
     resolved = resolve_source(cfg.model.source)  # a GGUF's converted directory: cached, but may be gone
     train_stats, eval_stats = (TokenStats.from_dict(meta["stats"][split]) for split in ("train", "eval"))
@@ -106,7 +104,6 @@ def prepare(cfg: HoneConfig) -> Prepared:
 def _build(cfg: HoneConfig, root: Path, key: str) -> tuple[dict[str, Any], dict[str, TokenTable]]:
     """Read and check the data, then tokenize it into a new cache entry (committed only when whole)."""
     fmt, train_rows, eval_rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
-    from hone.training.tokens import pack
 
     resolved = resolve_source(cfg.model.source)
     kind = objective(cfg.model, resolved)
@@ -119,21 +116,14 @@ def _build(cfg: HoneConfig, root: Path, key: str) -> tuple[dict[str, Any], dict[
     tokenizer = load_tokenizer(cfg.model, resolved)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        train, train_stats = _tokenize(cfg, kind, fmt, train_rows, tokenizer)
-        evals, eval_stats = _tokenize(cfg, kind, fmt, eval_rows, tokenizer)
-    for w in caught:  # shown now, and again on every run that reuses the entry
-        warnings.warn(w.message, w.category, stacklevel=3)
-    _require_examples(train, train_stats, cfg, "data.train")
-    _require_examples(evals, eval_stats, cfg, "the eval split")
-    if cfg.data.packing and kind == "causal":
-        train = pack(train, cfg.data.max_seq_len, cfg.data.share_prefix)
     writer = CacheWriter(root, key)
     try:
-        for split, examples in (("train", train), ("eval", evals)):
-            for start in range(0, len(examples), WRITE_BATCH):
-                writer.write(split, examples[start : start + WRITE_BATCH])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            train_stats = _write_split(cfg, kind, fmt, train_rows, tokenizer, writer, "train")
+            eval_stats = _write_split(cfg, kind, fmt, eval_rows, tokenizer, writer, "eval")
+        for w in caught:  # shown now, and again on every run that reuses the entry
+            warnings.warn(w.message, w.category, stacklevel=3)
         meta = {
             "fmt": fmt,
             "kind": kind,
@@ -151,6 +141,29 @@ def _build(cfg: HoneConfig, root: Path, key: str) -> tuple[dict[str, Any], dict[
     return entry
 
 
+def _write_split(
+    cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any, writer: CacheWriter, split: str
+) -> TokenStats:
+    """Tokenize a split into the cache entry: plain text a batch of documents at a time, never whole (a
+    corpus can be gigabytes); labelled rows whole, since packing and the pair checks look at all of them."""
+    from hone.training.tokens import pack, pretrain_batches
+
+    where = "data.train" if split == "train" else "the eval split"
+    if cfg.mode == "pretrain" and not (cfg.data.packing and kind == "causal" and split == "train"):
+        stats = TokenStats(num_rows=len(rows))
+        for batch in pretrain_batches(rows, tokenizer, cfg.data.max_seq_len, kind == "masked", stats):
+            writer.write(split, batch)
+        _require_examples(writer.counts[split], stats, cfg, where)
+        return stats
+    examples, stats = _tokenize(cfg, kind, fmt, rows, tokenizer)
+    _require_examples(len(examples), stats, cfg, where)
+    if split == "train" and cfg.data.packing and kind == "causal":
+        examples = pack(examples, cfg.data.max_seq_len, cfg.data.share_prefix)
+    for start in range(0, len(examples), WRITE_BATCH):
+        writer.write(split, examples[start : start + WRITE_BATCH])
+    return stats
+
+
 WRITE_BATCH = 4096  # examples per Arrow record batch
 
 
@@ -164,8 +177,8 @@ def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: 
     return build_supervised(rows, fmt, tokenizer, cfg.data.max_seq_len)
 
 
-def _require_examples(examples: list[Example], stats: TokenStats, cfg: HoneConfig, where: str) -> None:
-    if examples:
+def _require_examples(count: int, stats: TokenStats, cfg: HoneConfig, where: str) -> None:
+    if count:
         return
     reasons = "; ".join(f"{n} {why}" for why, n in stats.dropped.items()) or "no usable rows"
     # The fix depends on why: a too-short text needs more text, an over-long prompt a longer max_seq_len.

@@ -25,6 +25,7 @@ from typing import Any, overload
 
 from hone.training.config import HoneConfig
 from hone.training.data import folder_files, is_saved_dataset
+from hone.training.examples import Example
 from hone.training.models import CACHE_DIR, file_sha256, looks_like_path
 
 # Raise when the examples built from the same inputs change (tokens.py, data.py, packing).
@@ -100,7 +101,7 @@ def _digest(value: Any) -> str:
 # Reading: a sequence of examples over a memory-mapped Arrow file
 
 
-class TokenTable(Sequence[dict[str, list[Any]]]):
+class TokenTable(Sequence[Example]):
     """Examples (dicts of lists, as tokens.py builds them) read on demand from an Arrow table. Pickled (to
     a Ray task or worker) as its path when it has one, so the receiver maps the same file; a table with no
     file (`detached`, `with_column`) travels by value, which Ray hands to a node's workers without a copy."""
@@ -112,9 +113,9 @@ class TokenTable(Sequence[dict[str, list[Any]]]):
         return self.table.num_rows
 
     @overload
-    def __getitem__(self, index: int) -> dict[str, list[Any]]: ...
+    def __getitem__(self, index: int) -> Example: ...
     @overload
-    def __getitem__(self, index: slice) -> list[dict[str, list[Any]]]: ...
+    def __getitem__(self, index: slice) -> list[Example]: ...
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
@@ -122,7 +123,7 @@ class TokenTable(Sequence[dict[str, list[Any]]]):
             raise IndexError(index)
         return self.table.slice(index % len(self), 1).to_pylist()[0]
 
-    def __iter__(self) -> Iterator[dict[str, list[Any]]]:
+    def __iter__(self) -> Iterator[Example]:
         for batch in self.table.to_batches():
             yield from batch.to_pylist()
 
@@ -178,7 +179,7 @@ class CacheWriter:
         self.schemas: dict[str, Any] = {}
         self.counts = dict.fromkeys(SPLITS, 0)
 
-    def write(self, split: str, examples: Sequence[dict[str, list[Any]]]) -> None:
+    def write(self, split: str, examples: Sequence[Example]) -> None:
         import pyarrow as pa
 
         if not examples:

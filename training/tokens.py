@@ -11,62 +11,13 @@ completion starting where prompt and prompt+completion tokens diverge), so hone'
 from __future__ import annotations
 
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from trl.data_utils import common_prefix_length, pack_dataset
 
 from hone.training.data import DataError, DataWarning, Row
-from hone.training.losses import IGNORE
-
-# Token lists, plus (DPO) the reference log-probs of a pair as two floats: "ref_logps" = [chosen, rejected].
-Example = dict[str, list[Any]]
-
-
-@dataclass
-class TokenStats:
-    num_rows: int = 0
-    num_examples: int = 0
-    num_tokens: int = 0
-    num_loss_tokens: int = 0
-    num_truncated: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    max_tokens: int = 0
-
-    def add_pair(self, example: Example) -> None:
-        """A preference pair trains on both completions and feeds its prompt twice (once per side)."""
-        prompt, chosen, rejected = (len(example[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
-        self.num_examples += 1
-        self.num_tokens += 2 * prompt + chosen + rejected
-        self.num_loss_tokens += chosen + rejected
-        self.max_tokens = max(self.max_tokens, prompt + max(chosen, rejected))
-
-    def add(self, example: Example) -> None:
-        self.num_examples += 1
-        self.num_tokens += len(example["input_ids"])
-        labels = example.get("labels")
-        self.num_loss_tokens += sum(t != IGNORE for t in labels) if labels is not None else len(example["input_ids"])
-        self.max_tokens = max(self.max_tokens, len(example["input_ids"]))
-
-    @classmethod
-    def from_dict(cls, saved: dict[str, Any]) -> TokenStats:
-        """The inverse of as_dict (a token cache entry's stats)."""
-        names = ("rows", "examples", "tokens", "loss_tokens", "truncated", "max_tokens")
-        fields = ("num_rows", "num_examples", "num_tokens", "num_loss_tokens", "num_truncated", "max_tokens")
-        return cls(**{f: saved[n] for n, f in zip(names, fields, strict=True)}, dropped=Counter(saved["dropped"]))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.num_rows,
-            "examples": self.num_examples,
-            "tokens": self.num_tokens,
-            "loss_tokens": self.num_loss_tokens,
-            "truncated": self.num_truncated,
-            "dropped": dict(self.dropped),
-            "max_tokens": self.max_tokens,
-        }
-
+from hone.training.examples import IGNORE, Example, TokenStats
 
 # ----------------------------------------------------------------------------------------------------
 # Supervised: prompt -> completion, loss on the completion only
@@ -253,24 +204,37 @@ def _fit_pair(example: Example, max_seq_len: int, mode: str) -> tuple[Example, s
 def build_pretrain(rows: list[Row], tokenizer: Any, max_seq_len: int, masked: bool) -> tuple[list[Example], TokenStats]:
     """Tokenize each document and split it into max_seq_len pieces, so no text is thrown away."""
     stats = TokenStats(num_rows=len(rows))
-    examples = []
-    for row in rows:
-        ids = tokenizer(text=row["text"], add_special_tokens=masked)["input_ids"]
-        if not masked and tokenizer.eos_token_id is not None:
-            ids = ids + [tokenizer.eos_token_id]
-        if len(ids) < 2:
-            stats.dropped["text shorter than 2 tokens"] += 1
-            continue
-        if len(ids) > max_seq_len:
-            stats.num_truncated += 1  # counted as "split", nothing is lost
-        for start in range(0, len(ids), max_seq_len):
-            piece = ids[start : start + max_seq_len]
-            if len(piece) < 2:
+    return [e for batch in pretrain_batches(rows, tokenizer, max_seq_len, masked, stats) for e in batch], stats
+
+
+PRETRAIN_BATCH_ROWS = 64  # documents per tokenizer call: the fast tokenizer spreads a batch over the cores
+
+
+def pretrain_batches(
+    rows: list[Row], tokenizer: Any, max_seq_len: int, masked: bool, stats: TokenStats
+) -> Iterator[list[Example]]:
+    """build_pretrain's examples a batch of documents at a time (counted into `stats` as they come), so a
+    corpus is never held as token lists whole: the token cache writes each batch and lets it go."""
+    eos = tokenizer.eos_token_id if not masked else None
+    for start in range(0, len(rows), PRETRAIN_BATCH_ROWS):
+        texts = [row["text"] for row in rows[start : start + PRETRAIN_BATCH_ROWS]]
+        batch: list[Example] = []
+        for ids in tokenizer(text=texts, add_special_tokens=masked)["input_ids"]:
+            if eos is not None:
+                ids.append(eos)
+            if len(ids) < 2:
+                stats.dropped["text shorter than 2 tokens"] += 1
                 continue
-            example = _masked_example(piece, tokenizer) if masked else {"input_ids": piece, "labels": list(piece)}
-            stats.add(example)
-            examples.append(example)
-    return examples, stats
+            if len(ids) > max_seq_len:
+                stats.num_truncated += 1  # counted as "split", nothing is lost
+            for piece_start in range(0, len(ids), max_seq_len):
+                piece = ids[piece_start : piece_start + max_seq_len]
+                if len(piece) < 2:
+                    continue
+                example = _masked_example(piece, tokenizer) if masked else {"input_ids": piece, "labels": list(piece)}
+                stats.add(example)
+                batch.append(example)
+        yield batch
 
 
 def _masked_example(ids: list[int], tokenizer: Any) -> Example:
