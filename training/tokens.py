@@ -219,7 +219,7 @@ def pretrain_batches(
     for start in range(0, len(rows), PRETRAIN_BATCH_ROWS):
         texts = [row["text"] for row in rows[start : start + PRETRAIN_BATCH_ROWS]]
         batch: list[Example] = []
-        for ids in tokenizer(text=texts, add_special_tokens=masked)["input_ids"]:
+        for ids in _token_ids(tokenizer, texts, masked):
             if eos is not None:
                 ids.append(eos)
             if len(ids) < 2:
@@ -235,6 +235,15 @@ def pretrain_batches(
                 stats.add(example)
                 batch.append(example)
         yield batch
+
+
+def _token_ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    """The token ids of each text, as `tokenizer(text=texts)` gives them. A fast tokenizer's Rust core is
+    called directly without the character offsets transformers asks it for: ~2x the tokens/s on 2 cores."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return tokenizer(text=texts, add_special_tokens=special)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=special)]
 
 
 def _masked_example(ids: list[int], tokenizer: Any) -> Example:

@@ -116,9 +116,11 @@ def test_a_table_travels_as_its_path_and_maps_the_same_file(tmp_path, assets):
     assert by_value.path is None and list(by_value) == list(examples)
 
 
-def test_plain_text_is_written_a_batch_of_documents_at_a_time_with_each_documents_own_tokens(tmp_path, assets):
+@pytest.mark.parametrize("model", ["llama", "bert"])
+def test_plain_text_is_written_a_batch_of_documents_at_a_time_with_each_documents_own_tokens(tmp_path, assets, model):
     """Pretraining text goes to the cache in batches (a corpus is never held as token lists whole); the
-    batched tokenizer call gives every document exactly the tokens it gets alone, split at max_seq_len."""
+    batched call to the tokenizer's core gives every document exactly the tokens `tokenizer(text)` gives
+    it alone (with the special tokens a masked model adds, the EOS a causal one appends), split at max_seq_len."""
     from hone.training.models import load_tokenizer
     from hone.training.tokens import PRETRAIN_BATCH_ROWS
     from tests.tiny import text_rows
@@ -126,12 +128,13 @@ def test_plain_text_is_written_a_batch_of_documents_at_a_time_with_each_document
     rows = text_rows(3 * PRETRAIN_BATCH_ROWS + 5)
     data = write_jsonl(tmp_path / "text.jsonl", rows)
     eval_file = write_jsonl(tmp_path / "eval.jsonl", rows[:3])
-    cfg = _cfg(tmp_path / "cache", assets["llama"], data, "mode=pretrain", f"data.eval=[{eval_file}]", "data.max_seq_len=8")
+    cfg = _cfg(tmp_path / "cache", assets[model], data, "mode=pretrain", f"data.eval=[{eval_file}]", "data.max_seq_len=8")
     prepared = prepare(cfg)
-    tok = load_tokenizer(cfg.model, str(assets["llama"]))
+    tok = load_tokenizer(cfg.model, str(assets[model]))
+    masked = model == "bert"
     expected = []
     for row in rows:
-        ids = tok(text=row["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = tok(text=row["text"], add_special_tokens=masked)["input_ids"] + ([] if masked else [tok.eos_token_id])
         expected += [ids[i : i + 8] for i in range(0, len(ids), 8) if len(ids[i : i + 8]) >= 2]
     assert [e["input_ids"] for e in prepared.train_examples] == expected
     assert prepared.train_stats.num_examples == len(expected) == len(prepared.train_examples)
