@@ -178,8 +178,29 @@ def _read_saved_dataset(path: Path) -> list[Row]:
 
 
 def _read_text_file(path: Path) -> list[Row]:
-    text = read_utf8(path)
-    return [{"text": text, "_source": str(path)}] if text.strip() else []
+    """A text file's one row, its text read when asked for (see TextFileRow); an empty file gives none."""
+    return [TextFileRow(path)] if path.stat().st_size else []
+
+
+class TextFileRow(dict):
+    """The row of a .txt/.md file: {"_source": path}, and "text" read from the file each time it is asked
+    for (checked as read_utf8 checks it). A corpus folder of gigabytes is then never held whole: the checks
+    read each file and let it go, and pretraining tokenizes a batch of files at a time."""
+
+    def __init__(self, path: Path):
+        super().__init__(_source=str(path))
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        if key == "text":
+            return read_utf8(self.path)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key == "text" or super().__contains__(key)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return TextFileRow, (self.path,)
 
 
 def detect_format(rows: list[Row], requested: str) -> str:
@@ -200,8 +221,9 @@ def detect_format(rows: list[Row], requested: str) -> str:
 def check_rows(rows: list[Row], fmt: str) -> None:
     """Every row must hold the fields of the format, as strings (or a message list)."""
     for row in rows:
-        for name in FORMAT_FIELDS[fmt]:
-            if name not in row or row[name] is None:
+        values = {name: row[name] if name in row else None for name in FORMAT_FIELDS[fmt]}  # a text file is read once
+        for name, value in values.items():
+            if value is None:
                 raise DataError(
                     f"{row['_source']}: row is missing field '{name}' needed by format {fmt!r}; "
                     f"add it to every row or set data.format to match the data"
@@ -211,9 +233,9 @@ def check_rows(rows: list[Row], fmt: str) -> None:
         elif fmt == "preference":
             _check_preference(row)
         else:
-            for name in FORMAT_FIELDS[fmt]:
-                if not isinstance(row[name], str):
-                    raise DataError(f"{row['_source']}: field '{name}' must be a string, got {type(row[name]).__name__}")
+            for name, value in values.items():
+                if not isinstance(value, str):
+                    raise DataError(f"{row['_source']}: field '{name}' must be a string, got {type(value).__name__}")
 
 
 def _check_messages(row: Row, field: str = "messages", need_assistant: bool = True) -> None:

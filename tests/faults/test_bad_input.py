@@ -7,8 +7,8 @@ import pytest
 
 from hone.cluster.cli import main
 from hone.cluster.connect import RayStartError, ray_session
-from hone.training.config import ConfigError, load_config
-from hone.training.data import DataError, load_rows
+from hone.training.config import ConfigError, DataConfig, load_config
+from hone.training.data import DataError, load_rows, read_dataset
 from hone.training.models import ModelSourceError
 from hone.training.prepare import prepare
 from tests.tiny import make_causal_model
@@ -78,8 +78,9 @@ def test_data_files_a_user_may_have(tmp_path):
     docs.mkdir()
     (docs / "a.md").write_text("# Handbook\n")
     (docs / "logo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    # A text file is read when its text is first asked for: the checks of read_dataset, before any tokenizing.
     with pytest.raises(DataError, match=r"logo.txt: (not UTF-8 text|holds NUL bytes)"):
-        load_rows([str(docs)])
+        read_dataset(DataConfig(train=[str(docs)]), "pretrain", seed=0)
     for suffix in (".csv", ".parquet"):
         empty = tmp_path / f"empty{suffix}"
         empty.write_bytes(b"")

@@ -109,3 +109,19 @@ def test_eval_split_is_a_seeded_fraction_or_the_eval_files(tmp_path):
     cfg = load_config(None, ["model.source=/m", f"data.train=[{train_file}]", f"data.eval=[{eval_file}]"])
     _, train, held = read_dataset(cfg.data, "sft", seed=1)
     assert len(train) == 20 and [r["prompt"] for r in held] == ["q"]
+
+
+def test_a_text_folder_is_read_file_by_file_when_its_text_is_asked_for(tmp_path):
+    """A corpus folder is not held whole: a row keeps its file's path and reads the text on each access."""
+    import pickle
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Handbook\nLeave is 30 days.\n")
+    (docs / "empty.txt").write_text("")
+    rows = load_rows([str(docs)])
+    assert len(rows) == 1 and not dict.__contains__(rows[0], "text") and "text" in rows[0]
+    assert rows[0]["text"] == "# Handbook\nLeave is 30 days.\n"
+    (docs / "a.md").write_text("changed")
+    assert rows[0]["text"] == "changed" and pickle.loads(pickle.dumps(rows[0]))["text"] == "changed"
+    assert rows[0].get("_source") == str(docs / "a.md")
