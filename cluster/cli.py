@@ -199,6 +199,7 @@ def format_stats(stats: dict, cfg: HoneConfig) -> str:
             if (shared := stats["shared_prefix_tokens"])
             else ""
         ),
+        f"token cache:      {'reused' if stats['token_cache']['reused'] else 'written'} {stats['token_cache']['path']}",
         "# batches",
         f"global batch:     {stats['global_batch']} = micro_batch_per_device {t.micro_batch_per_device} x grad_accum "
         f"{t.grad_accum} x num_workers {s.num_workers}",

@@ -146,13 +146,20 @@ def _write_split(
 ) -> TokenStats:
     """Tokenize a split into the cache entry: plain text a batch of documents at a time, never whole (a
     corpus can be gigabytes); labelled rows whole, since packing and the pair checks look at all of them."""
-    from hone.training.tokens import pack, pretrain_batches
+    from hone.training.tokens import PRETRAIN_BATCH_ROWS, pack, pretrain_batches
 
     where = "data.train" if split == "train" else "the eval split"
     if cfg.mode == "pretrain" and not (cfg.data.packing and kind == "causal" and split == "train"):
+        from tqdm.auto import tqdm
+
         stats = TokenStats(num_rows=len(rows))
+        # A bar on a terminal only (tqdm's disable=None), for corpora that take a while: ~2M tokens/s here.
+        bar = tqdm(total=len(rows), desc=f"hone: tokenizing {split}", unit=" docs", disable=None if len(rows) > 1000 else True)
         for batch in pretrain_batches(rows, tokenizer, cfg.data.max_seq_len, kind == "masked", stats):
             writer.write(split, batch)
+            bar.update(min(PRETRAIN_BATCH_ROWS, bar.total - bar.n))
+            bar.set_postfix(tokens=f"{stats.num_tokens / 1e6:.1f}M", refresh=False)
+        bar.close()
         _require_examples(writer.counts[split], stats, cfg, where)
         return stats
     examples, stats = _tokenize(cfg, kind, fmt, rows, tokenizer)
