@@ -46,7 +46,8 @@ def cache_root(cfg: HoneConfig) -> Path:
 
 def cache_key(cfg: HoneConfig) -> str:
     """A digest of everything the tokenized examples depend on."""
-    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "cache_dir"}
+    # The files by content, not by path: a copied or moved data folder is the same data.
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir", "train", "eval")}
     parts = {
         "version": CACHE_VERSION,
         "mode": cfg.mode,
@@ -82,7 +83,7 @@ def _files(path: Path) -> list[tuple[str, Path]]:
     """The files a data path reads, named relative to it. A missing path contributes nothing: the read that
     follows a cache miss reports it."""
     if path.is_file():
-        return [(path.name, path)]
+        return [(path.suffix.lower(), path)]  # its name is not its content; its type says how it is read
     if not path.is_dir():
         return []
     found = (

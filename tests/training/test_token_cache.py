@@ -39,6 +39,9 @@ def test_a_rerun_reuses_the_entry_and_gets_the_same_examples(tmp_path, assets):
     assert list(second.eval_examples) == list(first.eval_examples)
     assert second.eval_rows == first.eval_rows and second.summary()["train"] == first.summary()["train"]
     assert second.total_steps == first.total_steps
+    moved = tmp_path / "elsewhere.jsonl"
+    data.rename(moved)
+    assert prepare(_cfg(cache, assets["llama"], moved)).cache_hit  # keyed by content, not by path
 
 
 def _tokenizer_with_changed_template(src: Path, dst: Path) -> Path:
