@@ -6,8 +6,9 @@ Each Ray Train worker runs `train_worker(plan)`:
     resume? -> for each step: grad_accum x (batch -> engine(batch) -> engine.backward(loss) -> engine.step())
             -> log -> eval every N -> checkpoint every K -> export model/ at the end
 
-The driver (cluster/train_run.py) builds the `TrainPlan`: the config, the tokenized examples in the
-object store, and a handle to the run log actor that receives rank 0's per-step metrics.
+The driver (cluster/train_run.py) builds the `TrainPlan`: the config, the tokenized examples (the token
+cache's files, which each worker memory-maps, or where the nodes share no filesystem a copy in the object
+store), and a handle to the run log actor that receives rank 0's per-step metrics.
 """
 
 from __future__ import annotations
