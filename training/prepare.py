@@ -149,7 +149,8 @@ def _write_split(
     from hone.training.tokens import PRETRAIN_BATCH_ROWS, pack, pretrain_batches
 
     where = "data.train" if split == "train" else "the eval split"
-    if cfg.mode == "pretrain" and not (cfg.data.packing and kind == "causal" and split == "train"):
+    packed = split == "train" and cfg.data.packing and kind == "causal"
+    if cfg.mode == "pretrain" and not packed:
         from tqdm.auto import tqdm
 
         stats = TokenStats(num_rows=len(rows))
@@ -164,7 +165,7 @@ def _write_split(
         return stats
     examples, stats = _tokenize(cfg, kind, fmt, rows, tokenizer)
     _require_examples(len(examples), stats, cfg, where)
-    if split == "train" and cfg.data.packing and kind == "causal":
+    if packed:
         examples = pack(examples, cfg.data.max_seq_len, cfg.data.share_prefix)
     for start in range(0, len(examples), WRITE_BATCH):
         writer.write(split, examples[start : start + WRITE_BATCH])

@@ -128,11 +128,6 @@ class TokenTable(Sequence[Example]):
         for batch in self.table.to_batches():
             yield from batch.to_pylist()
 
-    def column_lengths(self, column: str = "input_ids") -> list[int]:
-        import pyarrow.compute as pc
-
-        return pc.list_value_length(self.table.column(column)).to_pylist()
-
     def with_column(self, name: str, values: list[Any]) -> TokenTable:
         import pyarrow as pa
 
