@@ -58,22 +58,79 @@ def run_train(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_
             _reference(cfg, prepared, run_dir)
         before = _eval_before(cfg, prepared, run_dir)
         workers, metrics = _train(cfg, prepared, run_dir, tracker, hooks, folder)
-        after = _evaluate(cfg, prepared, str(run_dir / "model"))
+        after = _evaluate(cfg, prepared, str(run_dir / "model"), run_dir)
     summary = _summary(cfg, prepared, run_dir, before, after, workers, metrics, time.time() - started)
     finish_run(run_dir, summary)
     tracker.finish(summary)
     return summary
 
 
-def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str) -> dict[str, float]:
-    """The same evaluation for base and tuned model, as a Ray task with one worker's resources."""
+def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str, run_dir: Path) -> dict[str, float]:
+    """The same evaluation for base and tuned model. Under ZeRO-3, on a worker group like training's with
+    the model loaded partitioned, so any model that trains can be evaluated; otherwise (every worker held
+    the whole model anyway) as one Ray task with one worker's resources, which starts faster."""
     import ray
 
     from hone.training.evaluate import evaluate_model
 
-    task = worker_task(evaluate_model, cfg.scaling)
     examples = _shippable(cfg, prepared.eval_examples)
+    if cfg.deepspeed.zero_stage == 3:
+        return _evaluate_sharded(cfg, prepared, model_dir, examples, run_dir / ".eval")
+    task = worker_task(evaluate_model, cfg.scaling)
     return ray.get(task.remote(cfg, model_dir, prepared.kind, examples, prepared.eval_rows, prepared.fmt))
+
+
+def _evaluate_sharded(cfg: HoneConfig, prepared: Prepared, model_dir: str, examples: Any, scratch: Path) -> dict[str, float]:
+    """`scratch`: Ray Train's state for the evaluation's worker group (nothing is checkpointed), removed after."""
+    import ray
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from hone.training.evaluate import evaluate_sharded
+
+    which = "base" if model_dir == prepared.resolved_model else "tuned"
+    log = RunLog.remote()  # type: ignore[attr-defined]
+    started = time.time()
+    trainer = TorchTrainer(
+        evaluate_sharded,
+        train_loop_config={
+            "config": cfg,
+            "model_dir": model_dir,
+            "kind": prepared.kind,
+            "examples": examples,
+            "rows": prepared.eval_rows,
+            "fmt": prepared.fmt,
+            "log": log,
+        },
+        torch_config=TorchConfig(timeout_s=int(cfg.scaling.collective_timeout_s)),
+        scaling_config=_worker_group(cfg),
+        run_config=RunConfig(
+            storage_path=str(scratch), name=which, failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)
+        ),
+    )
+    try:
+        _fit_until_done(trainer, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ranks = ray.get(log.worker_info.remote())
+    split = min(r["num_params_local_empty"] for r in ranks)
+    print(
+        f"hone: evaluated the {which} model on {len(ranks)} worker(s) in {time.time() - started:.0f} s, "
+        f"{split} of {ranks[0]['num_params']} parameters partitioned"
+    )
+    return dict(ranks[0]["scores"])
+
+
+def _worker_group(cfg: HoneConfig) -> Any:
+    from ray.train import ScalingConfig
+
+    s = cfg.scaling
+    return ScalingConfig(
+        num_workers=s.num_workers,
+        use_gpu=s.use_gpu,
+        resources_per_worker=worker_bundle(s),
+        placement_strategy=s.placement_strategy,
+    )
 
 
 def _shippable(cfg: HoneConfig, examples: TokenTable) -> Any:
@@ -115,7 +172,7 @@ def _eval_before(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> dict[str
     if path.exists():
         return read_json(path)
     print("hone: evaluating the base model ...", flush=True)
-    before = _evaluate(cfg, prepared, prepared.resolved_model)
+    before = _evaluate(cfg, prepared, prepared.resolved_model, run_dir)
     write_json(path, before)
     return before
 
@@ -124,7 +181,7 @@ def _train(
     cfg: HoneConfig, prepared: Prepared, run_dir: Path, tracker: Tracker, hooks: RunHooks, stored_in: Path | None
 ) -> tuple[list[dict[str, Any]], MetricsFile]:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hone.training.loop import TrainPlan, train_worker
@@ -150,12 +207,7 @@ def _train(
         train_worker,
         train_loop_config={"plan": plan},
         torch_config=TorchConfig(timeout_s=int(s.collective_timeout_s)),
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.use_gpu,
-            resources_per_worker=worker_bundle(s),
-            placement_strategy=s.placement_strategy,
-        ),
+        scaling_config=_worker_group(cfg),
         run_config=RunConfig(
             # run_dir/checkpoints, or this run's own folder under scaling.storage_path (shared storage)
             storage_path=storage,

@@ -80,6 +80,25 @@ def engine_config(cfg: HoneConfig) -> dict[str, Any]:
     return deepspeed_config(cfg, resolve_precision(cfg, gpu_bf16))
 
 
+def inference_config(cfg: HoneConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON of an engine that only runs forward passes (the sharded evaluation): the
+    training engine's partitioning and precision, no optimizer."""
+    ds = engine_config(cfg)
+    del ds["optimizer"]
+    return ds
+
+
+def initialize_inference(model: Any, cfg: HoneConfig, ds_config: dict[str, Any]) -> Any:
+    """A DeepSpeed engine for `model` without an optimizer. Under ZeRO-3 it installs the hooks that gather
+    each layer's parameters for its forward pass and free them after."""
+    import deepspeed
+
+    skip_cpu_inference_comm_op()
+    _new_groups_time_out_after(cfg.scaling.collective_timeout_s)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config)
+    return engine
+
+
 def load_dtype(ds_config: dict[str, Any]) -> Any:
     """The dtype to load the model in: the one the engine trains in (bf16 or fp16 weights on GPU), else fp32.
     Loading straight in it means no process ever holds an fp32 copy of a bf16 model (on CPU, bf16 is
@@ -108,7 +127,7 @@ def initialize_engine(model: Any, cfg: HoneConfig, total_steps: int) -> Any:
         )
 
     params = [p for p in model.parameters() if p.requires_grad]
-    _skip_cpu_inference_comm_op()
+    skip_cpu_inference_comm_op()
     _new_groups_time_out_after(cfg.scaling.collective_timeout_s)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=schedule)
     return engine
@@ -130,7 +149,7 @@ def _new_groups_time_out_after(seconds: float) -> None:
         c10d.default_pg_nccl_timeout = datetime.timedelta(seconds=seconds)
 
 
-def _skip_cpu_inference_comm_op() -> None:
+def skip_cpu_inference_comm_op() -> None:
     """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce op.
 
     That op serves only `inference_all_reduce`, which training never calls. Loading it takes a file lock

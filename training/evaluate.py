@@ -19,6 +19,7 @@ from hone.training.batches import collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, Row, normalize_answer
 from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
+from hone.training.shards import ALONE, Shard
 from hone.training.tokens import Example, generation_prompt, reference_completion
 
 if TYPE_CHECKING:
@@ -26,15 +27,68 @@ if TYPE_CHECKING:
 
 
 def evaluate_model(
-    cfg: HoneConfig, model_dir: str, kind: str, examples: list[Example], rows: list[Row], fmt: str
+    cfg: HoneConfig, model_dir: str, kind: str, examples: Sequence[Example], rows: list[Row], fmt: str
 ) -> dict[str, float]:
     tokenizer, model = _load(cfg, model_dir, kind)
+    return model_scores(model, tokenizer, cfg, kind, examples, rows, fmt)
+
+
+def model_scores(
+    model: Any,
+    tokenizer: Any,
+    cfg: HoneConfig,
+    kind: str,
+    examples: Sequence[Example],
+    rows: list[Row],
+    fmt: str,
+    shard: Shard = ALONE,
+) -> dict[str, float]:
+    """The mode's held-out scores of `model`. On a worker group every rank scores its share of the examples
+    and prompts and gets the same scores back (`evaluate_sharded`)."""
     if cfg.mode in PREFERENCE_MODES:
-        return pair_metrics(model, tokenizer, examples, cfg)
-    loss = heldout_loss(model, tokenizer, examples, cfg, kind)
+        return pair_metrics(model, tokenizer, examples, cfg, shard)
+    loss = heldout_loss(model, tokenizer, examples, cfg, kind, shard)
     if cfg.mode == "pretrain":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    return {"loss": loss, **generation_metrics(model, tokenizer, rows, fmt, cfg)}
+    return {"loss": loss, **reply_metrics(scored_replies(model, tokenizer, rows, fmt, cfg, shard=shard))}
+
+
+def evaluate_sharded(loop_config: dict[str, Any]) -> None:
+    """Ray Train's train_func for the before/after evaluation under ZeRO-3: the model is loaded partitioned
+    over the worker group exactly as training loads it (no rank ever holds it whole), wrapped in a DeepSpeed
+    engine without an optimizer (ZeRO-3 inference: each layer gathered for its forward pass, then freed),
+    and scored by `model_scores` with the examples and prompts split over the ranks. Every rank reports
+    to the driver's RunLog the scores, and how many of its parameters it held only a partition of."""
+    import os
+
+    cfg: HoneConfig = loop_config["config"]
+    if not cfg.scaling.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    import ray
+    import ray.train
+    import torch
+
+    from hone.training.ds_config import inference_config, initialize_inference
+    from hone.training.models import load_for_engine, load_tokenizer
+    from hone.training.token_cache import TokenTable
+
+    ctx = ray.train.get_context()
+    shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
+    torch.manual_seed(cfg.seed)
+    model_dir, kind = loop_config["model_dir"], loop_config["kind"]
+    examples = loop_config["examples"]
+    examples = examples if isinstance(examples, TokenTable) else ray.get(examples)
+    tokenizer = load_tokenizer(cfg.model, model_dir)
+    ds_config = inference_config(cfg)
+    module = initialize_inference(load_for_engine(cfg.model, model_dir, kind, ds_config), cfg, ds_config).module.eval()
+    scores = model_scores(module, tokenizer, cfg, kind, examples, loop_config["rows"], loop_config["fmt"], shard)
+    params = list(module.parameters())
+    held_in_part = sum(1 for p in params if p.numel() == 0)
+    ray.get(
+        loop_config["log"].worker.remote(
+            {"rank": shard.rank, "scores": scores, "num_params": len(params), "num_params_local_empty": held_in_part}
+        )
+    )
 
 
 def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -> dict[str, float]:
@@ -128,8 +182,12 @@ def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def pair_metrics(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig) -> dict[str, float]:
-    totals = summed_pair_stats(model, examples, tokenizer, cfg)
+def pair_metrics(
+    model: Any, tokenizer: Any, examples: Sequence[Example], cfg: HoneConfig, shard: Shard = ALONE
+) -> dict[str, float]:
+    totals = summed_pair_stats(model, shard.examples(examples), tokenizer, cfg)
+    keys = list(totals)
+    totals = dict(zip(keys, shard.sum(*(totals[k] for k in keys)), strict=True))
     n = max(totals["count"], 1.0)
     prefix = "reward_" if cfg.mode == "dpo" else ""  # DPO's are implicit rewards, a reward model's are its own
     return {"loss": totals["loss"] / n, f"{prefix}accuracy": totals["correct"] / n, f"{prefix}margin": totals["margin"] / n}
@@ -157,8 +215,13 @@ def reference_logps(
     return out
 
 
-def heldout_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: HoneConfig, kind: str) -> float:
-    total, count = summed_loss(model, examples, tokenizer, cfg, kind, seed=cfg.seed)
+def heldout_loss(
+    model: Any, tokenizer: Any, examples: Sequence[Example], cfg: HoneConfig, kind: str, shard: Shard = ALONE
+) -> float:
+    """Held-out token-mean loss (pair-mean for dpo/reward). A masked LM's masks are seeded per rank."""
+    total, count = shard.sum(
+        *summed_loss(model, shard.examples(examples), tokenizer, cfg, kind, seed=cfg.seed + shard.rank * 7919)
+    )
     return total / max(count, 1)
 
 
@@ -169,7 +232,13 @@ def generation_metrics(model: Any, tokenizer: Any, rows: list[Row], fmt: str, cf
 
 
 def scored_replies(
-    model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig, engine: Engine | None = None
+    model: Any,
+    tokenizer: Any,
+    rows: list[Row],
+    fmt: str,
+    cfg: HoneConfig,
+    engine: Engine | None = None,
+    shard: Shard = ALONE,
 ) -> list[dict[str, Any]]:
     """Each held-out prompt's greedy reply, scored against its reference.
 
@@ -179,7 +248,11 @@ def scored_replies(
                  right answer inside a sentence still counts.
     """
     rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
-    completions = greedy_completions(model, tokenizer, rows, fmt, cfg, engine)
+    if not rows:
+        return []
+    # Each rank answers its share of the prompts (ZeRO-3: generate's forward passes kept in step).
+    mine = greedy_completions(model, tokenizer, shard.take(rows, rows[0]), fmt, cfg, engine, synced=shard.world > 1)
+    completions = shard.gather(mine, len(rows))
     replies = []
     for completion, row in zip(completions, rows, strict=True):
         reference = reference_completion(row, fmt, tokenizer)
@@ -220,15 +293,21 @@ def _mean(values: list[float]) -> float:
 
 
 def greedy_completions(
-    model: Any, tokenizer: Any, rows: list[Row], fmt: str, cfg: HoneConfig, engine: Engine | None = None
+    model: Any,
+    tokenizer: Any,
+    rows: list[Row],
+    fmt: str,
+    cfg: HoneConfig,
+    engine: Engine | None = None,
+    synced: bool = False,
 ) -> list[str]:
     """Greedy replies to the rows' prompts from `engine` (a vLLM engine on the same weights), or from the
-    HF model itself."""
+    HF model itself (synced: every rank of a ZeRO-3 group generates together, see HfEngine)."""
     from hone.training.generation import HfEngine, Sampling
 
     special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
     if engine is None:
-        engine = HfEngine(model, tokenizer, cfg.eval.batch_size)
+        engine = HfEngine(model, tokenizer, cfg.eval.batch_size, synced=synced)
     engine.special = special
     prompts = [generation_prompt(r, fmt, tokenizer) for r in rows]
     return [c.text for c in engine.generate(prompts, Sampling(cfg.eval.max_new_tokens))]

@@ -107,8 +107,13 @@ class HfEngine:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, add_special_tokens: bool | None = None) -> None:
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(
+        self, model: Any, tokenizer: Any, batch_size: int = 8, add_special_tokens: bool | None = None, synced: bool = False
+    ) -> None:
+        # synced: the model is one rank of a ZeRO-3 group, whose forward passes gather parameters together;
+        # each rank keeps stepping until all are done (transformers' synced_gpus). Every rank must also
+        # call generate the same number of times (evaluation pads the ranks' prompt shares to one length).
+        self.model, self.tokenizer, self.batch_size, self.synced = model, tokenizer, batch_size, synced
         self.special = not _is_chat_rendered(tokenizer) if add_special_tokens is None else add_special_tokens
 
     @classmethod
@@ -146,7 +151,7 @@ class HfEngine:
         with torch.no_grad():
             out = self.model.generate(
                 **enc, max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
-                output_logits=s.logprobs, return_dict_in_generate=True, **mode,
+                output_logits=s.logprobs, return_dict_in_generate=True, synced_gpus=self.synced, **mode,
             )  # fmt: skip
         new = out.sequences[:, enc["input_ids"].shape[1] :].cpu()
         logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu() if s.logprobs else None

@@ -25,9 +25,11 @@ from hone.training.batches import apply_mlm_masking, collate, collate_pairs, exa
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
 from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
-from hone.training.forward import step_loss_sum, step_target_count, summed_loss
+from hone.training.evaluate import heldout_loss
+from hone.training.forward import step_loss_sum, step_target_count
+from hone.training.shards import Shard
 from hone.training.token_cache import TokenTable
-from hone.training.tokens import IGNORE, Example
+from hone.training.tokens import Example
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         loss_sum, num_loss_tokens, num_tokens, num_real, norm = _train_step(engine, batcher, step, plan.kind)
         step += 1
         # Rank 0's clock rides on the step's all-reduce, so every rank takes the same decisions.
-        *stats, due, stop, poll = _all_reduce_sum(torch, dist, loss_sum, num_loss_tokens, num_tokens, num_real, *clock.flags())
+        *stats, due, stop, poll = Shard(rank, world).sum(loss_sum, num_loss_tokens, num_tokens, num_real, *clock.flags())
         # Ray's notice that a node of this run is being reclaimed (a barrier: every rank asks together).
         preempted = bool(poll) and ray.train.get_preemption_info() is not None
         seconds = time.perf_counter() - started
@@ -105,7 +107,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if norm is not None:  # before clipping, of the whole step's gradient
             metrics["grad_norm"] = norm
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total:
-            metrics["eval_loss"] = evaluate_loss(engine, eval_examples, cfg, plan.kind, tokenizer, rank, world)
+            engine.eval()
+            metrics["eval_loss"] = heldout_loss(engine, tokenizer, eval_examples, cfg, plan.kind, Shard(rank, world))
         if rank == 0:
             logger.record.remote(metrics)
             window.append(metrics)
@@ -216,7 +219,6 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[f
     lengths weigh the same however the batch is split: each rank first counts its targets, one all-reduce
     gives the global count, and each micro-batch's summed loss is divided by it. DeepSpeed then divides by
     the accumulation steps and averages ranks; the scale undoes both (as transformers' num_items_in_batch)."""
-    import torch
     import torch.distributed as dist
 
     cfg = batcher.cfg
@@ -224,7 +226,7 @@ def _train_step(engine: Any, batcher: _Batcher, step: int, kind: str) -> tuple[f
     engine.train()
     batches = [batcher.get(step, micro, engine.device) for micro in range(cfg.train.grad_accum)]
     local = sum(step_target_count(b, kind, cfg.mode) for b in batches)
-    (count,) = _all_reduce_sum(torch, dist, float(local))  # the worker loop always runs in a process group
+    (count,) = Shard(dist.get_rank(), dist.get_world_size()).sum(float(local))
     # Written as one division: with one rank and no accumulation it is exactly the micro-batch mean.
     denominator = max(count, 1.0) / (cfg.train.grad_accum * dist.get_world_size())
     norm = None
@@ -252,39 +254,6 @@ def _grad_norm(engine: Any) -> float:
 
     grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
-
-
-def _all_reduce_sum(torch: Any, dist: Any, *values: float) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def evaluate_loss(
-    engine: Any, examples: Sequence[Example], cfg: HoneConfig, kind: str, tokenizer: Any, rank: int, world: int
-) -> float:
-    """Held-out token-mean loss, sharded over ranks. Every rank runs the same number of forward passes
-    (ZeRO-3 gathers parameters collectively), padding short shards with examples that count for nothing."""
-    import torch
-    import torch.distributed as dist
-
-    per_rank = -(-len(examples) // world)
-    shard = list(examples[rank::world])
-    blank = _blank(examples[0])
-    shard = shard + [blank] * (per_rank - len(shard))
-    engine.eval()
-    total, count = summed_loss(engine, shard, tokenizer, cfg, kind, seed=cfg.seed + rank * 7919)
-    summed = _all_reduce_sum(torch, dist, total, count)
-    return summed[0] / max(summed[1], 1)
-
-
-def _blank(example: Example) -> Example:
-    """A copy of `example` that the loss ignores, to even out eval shards."""
-    if "prompt_ids" in example:
-        return {**example, "pair_weight": [0.0]}
-    if "labels" in example:
-        return {**example, "labels": [IGNORE] * len(example["input_ids"])}
-    return {**example, "special_mask": [1] * len(example["input_ids"])}
 
 
 def _peak_rss_mb() -> float:

@@ -174,7 +174,7 @@ def load_for_engine(model: ModelConfig, resolved: str, kind: str, ds_config: dic
     from the memory-mapped file. No rank ever holds the whole model, as it would if the model were loaded
     whole and then handed to DeepSpeed to partition (what made ZeRO-3 pointless for models that only fit
     sharded)."""
-    from hone.training.ds_config import load_dtype
+    from hone.training.ds_config import load_dtype, skip_cpu_inference_comm_op
 
     dtype = load_dtype(ds_config)
     if ds_config["zero_optimization"]["stage"] != 3:
@@ -182,6 +182,7 @@ def load_for_engine(model: ModelConfig, resolved: str, kind: str, ds_config: dic
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
+    skip_cpu_inference_comm_op()  # before DeepSpeed's communication backend exists, which would build it
     deepspeed.init_distributed()  # zero.Init reads the world size from DeepSpeed's view of the process group
     if deepspeed.get_accelerator().device_name() == "cpu":
         _return_freed_memory()

@@ -1,4 +1,5 @@
-"""A model loaded only sharded (ZeRO-3, two workers) trains, is evaluated and exported; `model/` keeps the
+"""A model loaded only sharded (ZeRO-3, two workers, every parameter partitioned) trains, is evaluated on
+the worker group and exported; the sharded evaluation scores what a whole model scores; `model/` keeps the
 base checkpoint's dtype (bf16 here, trained in fp32 on CPU) in safetensors that plain transformers loads
 (issue 15)."""
 
@@ -11,6 +12,8 @@ import pytest
 
 from hone.cluster.run import run
 from hone.training.config import load_config
+from hone.training.evaluate import evaluate_model
+from hone.training.prepare import prepare
 from tests.conftest import sft_overrides
 
 pytestmark = pytest.mark.slow
@@ -38,21 +41,40 @@ def _safetensors_dtypes(folder: Path) -> set[str]:
 
 
 def _train(assets, base: Path, out: Path, *extra: str) -> dict:
-    overrides = sft_overrides(
+    return run(load_config(None, _overrides(assets, base, out, *extra)))
+
+
+def _overrides(assets, base: Path, out: Path, *extra: str) -> list[str]:
+    return sft_overrides(
         assets, out, f"model.source={base}", "deepspeed.zero_stage=3", "scaling.num_workers=2",
+        "deepspeed.param_persistence_threshold=0",
         "train.max_steps=6", "train.micro_batch_per_device=4", "eval.max_samples=4", *extra,
     )  # fmt: skip
-    return run(load_config(None, overrides))
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_a_zero3_run_exports_the_base_dtype(assets, bf16_base, tmp_path, local_ray, lora):
+def test_a_zero3_run_exports_the_base_dtype(assets, bf16_base, tmp_path, local_ray, lora, capsys):
     import torch
     from transformers import AutoModelForCausalLM
 
     summary = _train(assets, bf16_base, tmp_path / "run", f"lora.enabled={str(lora).lower()}")
     assert all(w["zero_stage"] == 3 for w in summary["workers"])
     assert summary["eval"]["after"]["loss"] < summary["eval"]["before"]["loss"]  # evaluated, and it learned
+    # both evaluations ran on the two workers with no parameter whole on either
+    said = capsys.readouterr().out
+    for which in ("base", "tuned"):
+        [line] = [x for x in said.splitlines() if x.startswith(f"hone: evaluated the {which} model")]
+        split, total = (int(w) for w in line.split(", ")[-1].split()[:3:2])
+        assert split == total > 0, line
+    # ... and scored what the whole model, loaded in one process, scores
+    cfg = load_config(None, _overrides(assets, bf16_base, tmp_path / "run", f"lora.enabled={str(lora).lower()}"))
+    prepared = prepare(cfg)
+    for which, folder in (("before", str(bf16_base)), ("after", str(tmp_path / "run" / "model"))):
+        whole = evaluate_model(cfg, folder, "causal", prepared.eval_examples, prepared.eval_rows, prepared.fmt)
+        sharded = summary["eval"][which]
+        assert sharded.keys() == whole.keys()
+        assert abs(sharded["loss"] - whole["loss"]) < 1e-4, (which, sharded, whole)
+        assert all(sharded[k] == whole[k] for k in whole if k != "loss"), (which, sharded, whole)
 
     model_dir = tmp_path / "run" / "model"
     assert _safetensors_dtypes(model_dir) == {"BF16"}
