@@ -71,41 +71,38 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str, run_dir: Path
     the whole model anyway) as one Ray task with one worker's resources, which starts faster."""
     import ray
 
-    from hone.training.evaluate import evaluate_model
+    from hone.training.evaluate import evaluate_model, model_scores
 
     examples = _shippable(cfg, prepared.eval_examples)
     if cfg.deepspeed.zero_stage == 3:
-        return _evaluate_sharded(cfg, prepared, model_dir, examples, run_dir / ".eval")
+        which = "base" if model_dir == prepared.resolved_model else "tuned"
+        args = {"cfg": cfg, "kind": prepared.kind, "examples": examples, "rows": prepared.eval_rows, "fmt": prepared.fmt}
+        return _on_sharded_model(cfg, model_dir, prepared.kind, model_scores, args, run_dir, f"evaluated the {which} model")
     task = worker_task(evaluate_model, cfg.scaling)
     return ray.get(task.remote(cfg, model_dir, prepared.kind, examples, prepared.eval_rows, prepared.fmt))
 
 
-def _evaluate_sharded(cfg: HoneConfig, prepared: Prepared, model_dir: str, examples: Any, scratch: Path) -> dict[str, float]:
-    """`scratch`: Ray Train's state for the evaluation's worker group (nothing is checkpointed), removed after."""
+def _on_sharded_model(
+    cfg: HoneConfig, model_dir: str, kind: str, job: Any, args: dict[str, Any], run_dir: Path, what: str
+) -> Any:
+    """`job(model, tokenizer, shard=..., **args)` on a worker group of scaling.num_workers with the model in
+    `model_dir` loaded partitioned (training/evaluate.py:on_sharded_model); rank 0's result."""
     import ray
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hone.training.evaluate import evaluate_sharded
+    from hone.training.evaluate import on_sharded_model
 
-    which = "base" if model_dir == prepared.resolved_model else "tuned"
     log = RunLog.remote()  # type: ignore[attr-defined]
+    scratch = run_dir / ".sharded"  # Ray Train's state for this worker group (nothing is checkpointed)
     started = time.time()
     trainer = TorchTrainer(
-        evaluate_sharded,
-        train_loop_config={
-            "config": cfg,
-            "model_dir": model_dir,
-            "kind": prepared.kind,
-            "examples": examples,
-            "rows": prepared.eval_rows,
-            "fmt": prepared.fmt,
-            "log": log,
-        },
+        on_sharded_model,
+        train_loop_config={"job": job, "model_dir": model_dir, "kind": kind, "args": args, "log": log},
         torch_config=TorchConfig(timeout_s=int(cfg.scaling.collective_timeout_s)),
         scaling_config=_worker_group(cfg),
         run_config=RunConfig(
-            storage_path=str(scratch), name=which, failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)
+            storage_path=str(scratch), name=job.__name__, failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)
         ),
     )
     try:
@@ -115,10 +112,10 @@ def _evaluate_sharded(cfg: HoneConfig, prepared: Prepared, model_dir: str, examp
     ranks = ray.get(log.worker_info.remote())
     split = min(r["num_params_local_empty"] for r in ranks)
     print(
-        f"hone: evaluated the {which} model on {len(ranks)} worker(s) in {time.time() - started:.0f} s, "
+        f"hone: {what} on {len(ranks)} worker(s) in {time.time() - started:.0f} s, "
         f"{split} of {ranks[0]['num_params']} parameters partitioned"
     )
-    return dict(ranks[0]["scores"])
+    return ranks[0]["result"]
 
 
 def _worker_group(cfg: HoneConfig) -> Any:
@@ -152,16 +149,19 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
     stage and keeps a second model out of the training workers, at the cost of one no-grad pass."""
     import ray
 
-    from hone.training.evaluate import reference_logps
+    from hone.training.evaluate import pair_logps, reference_logps
 
     path = run_dir / "reference_logps.json"
     if path.exists():
         logps = read_json(path)
     else:
         print("hone: computing the reference model's log-probs of every pair (once per run) ...", flush=True)
-        task = worker_task(reference_logps, cfg.scaling)
         train, held_out = (_shippable(cfg, x) for x in (prepared.train_examples, prepared.eval_examples))
-        logps = ray.get(task.remote(cfg, prepared.resolved_model, train, held_out))
+        if cfg.deepspeed.zero_stage == 3:  # sharded like the policy, so any model that trains has a reference
+            args = {"cfg": cfg, "train": train, "held_out": held_out}
+            logps = _on_sharded_model(cfg, prepared.resolved_model, "causal", pair_logps, args, run_dir, "computed them")
+        else:
+            logps = ray.get(worker_task(reference_logps, cfg.scaling).remote(cfg, prepared.resolved_model, train, held_out))
         write_json(path, logps)
     attach_reference(prepared, logps)
 

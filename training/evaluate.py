@@ -53,15 +53,17 @@ def model_scores(
     return {"loss": loss, **reply_metrics(scored_replies(model, tokenizer, rows, fmt, cfg, shard=shard))}
 
 
-def evaluate_sharded(loop_config: dict[str, Any]) -> None:
-    """Ray Train's train_func for the before/after evaluation under ZeRO-3: the model is loaded partitioned
-    over the worker group exactly as training loads it (no rank ever holds it whole), wrapped in a DeepSpeed
-    engine without an optimizer (ZeRO-3 inference: each layer gathered for its forward pass, then freed),
-    and scored by `model_scores` with the examples and prompts split over the ranks. Every rank reports
-    to the driver's RunLog the scores, and how many of its parameters it held only a partition of."""
+def on_sharded_model(loop_config: dict[str, Any]) -> None:
+    """Ray Train's train_func for work on a model that may only fit partitioned (ZeRO-3): the before/after
+    evaluation (`job` = model_scores) and DPO's reference log-probs (`pair_logps`). The model is loaded
+    over the worker group exactly as training loads it (no rank ever holds it whole) and wrapped in a
+    DeepSpeed engine without an optimizer (ZeRO-3 inference: each layer gathered for its forward pass,
+    then freed); `job(model, tokenizer, shard=..., **args)` splits its work over the ranks and returns the
+    same result on each. Every rank reports to the driver's RunLog the result, and how many of its
+    parameters it held only a partition of."""
     import os
 
-    cfg: HoneConfig = loop_config["config"]
+    cfg: HoneConfig = loop_config["args"]["cfg"]
     if not cfg.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
     import ray
@@ -70,25 +72,22 @@ def evaluate_sharded(loop_config: dict[str, Any]) -> None:
 
     from hone.training.ds_config import inference_config, initialize_inference
     from hone.training.models import load_for_engine, load_tokenizer
-    from hone.training.token_cache import TokenTable
 
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
     torch.manual_seed(cfg.seed)
-    model_dir, kind = loop_config["model_dir"], loop_config["kind"]
-    examples = loop_config["examples"]
-    examples = examples if isinstance(examples, TokenTable) else ray.get(examples)
+    model_dir = loop_config["model_dir"]
+    # examples the driver put in the object store (nodes with no shared cache) are fetched here
+    args = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config["args"].items()}
     tokenizer = load_tokenizer(cfg.model, model_dir)
     ds_config = inference_config(cfg)
-    module = initialize_inference(load_for_engine(cfg.model, model_dir, kind, ds_config), cfg, ds_config).module.eval()
-    scores = model_scores(module, tokenizer, cfg, kind, examples, loop_config["rows"], loop_config["fmt"], shard)
+    model = load_for_engine(cfg.model, model_dir, loop_config["kind"], ds_config)
+    module = initialize_inference(model, cfg, ds_config).module.eval()
+    result = loop_config["job"](module, tokenizer, shard=shard, **args)
     params = list(module.parameters())
     held_in_part = sum(1 for p in params if p.numel() == 0)
-    ray.get(
-        loop_config["log"].worker.remote(
-            {"rank": shard.rank, "scores": scores, "num_params": len(params), "num_params_local_empty": held_in_part}
-        )
-    )
+    report = {"rank": shard.rank, "result": result, "num_params": len(params), "num_params_local_empty": held_in_part}
+    ray.get(loop_config["log"].worker.remote(report))
 
 
 def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -> dict[str, float]:
@@ -196,22 +195,30 @@ def pair_metrics(
 def reference_logps(
     cfg: HoneConfig, model_dir: str, train: Sequence[Example], held_out: Sequence[Example]
 ) -> dict[str, list[list[float]]]:
-    """DPO's frozen reference: [chosen, rejected] summed completion log-probs of every pair under the base
-    model. Batched exactly as the held-out evaluation batches, so before training the policy's log-probs
-    equal these bit for bit and the margin is exactly 0."""
+    """DPO's frozen reference: the base model's `pair_logps`, loaded whole in this process."""
+    tokenizer, model = _load(cfg, model_dir, "causal")
+    return pair_logps(model, tokenizer, cfg, train, held_out)
+
+
+def pair_logps(
+    model: Any, tokenizer: Any, cfg: HoneConfig, train: Sequence[Example], held_out: Sequence[Example], shard: Shard = ALONE
+) -> dict[str, list[list[float]]]:
+    """[chosen, rejected] summed completion log-probs of every train and eval pair. Batched exactly as the
+    held-out evaluation batches (over the same ranks), so before training the policy's log-probs equal
+    these bit for bit and the margin is exactly 0."""
     import torch
 
-    tokenizer, model = _load(cfg, model_dir, "causal")
     device = next(model.parameters()).device
     out: dict[str, list[list[float]]] = {}
     for split, examples in (("train", train), ("eval", held_out)):
+        mine = shard.examples(examples)
         pairs: list[list[float]] = []
-        for start in range(0, len(examples), cfg.eval.batch_size):
-            batch = collate_pairs(list(examples[start : start + cfg.eval.batch_size]), tokenizer.pad_token_id)
+        for start in range(0, len(mine), cfg.eval.batch_size):
+            batch = collate_pairs(mine[start : start + cfg.eval.batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
                 chosen, rejected = pair_scores(model, {k: v.to(device) for k, v in batch.items()}, "dpo")
             pairs += [[c, r] for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]
-        out[split] = pairs
+        out[split] = shard.gather(pairs, len(examples))
     return out
 
 

@@ -89,10 +89,11 @@ def test_dpo_run_raises_heldout_reward_accuracy(assets, pairs, tmp_path):
     AutoModelForCausalLM.from_pretrained(out / "model")
 
 
-def test_lora_dpo_under_zero3_on_two_workers(assets, pairs, tmp_path):
+def test_lora_dpo_under_zero3_on_two_workers(assets, pairs, tmp_path, capsys):
     out = tmp_path / "dpo-lora-z3"
     # Adapters learn the copy task slowly; the off-topic pairs and a larger beta keep this test short.
-    extra = ("lora.enabled=true", "lora.rank=8", "optim.lr=1e-2", "deepspeed.zero_stage=3", "scaling.num_workers=2")
+    extra = ("lora.enabled=true", "lora.rank=8", "optim.lr=1e-2", "deepspeed.zero_stage=3", "scaling.num_workers=2",
+             "deepspeed.param_persistence_threshold=0")  # fmt: skip
     tuned = (f"data.train=[{pairs['reward']}]", "dpo.beta=0.5", "train.micro_batch_per_device=4", "train.max_steps=20")
     summary = run(load_config(None, preference_overrides(assets, pairs, out, "dpo", *extra, *tuned)))
 
@@ -103,3 +104,13 @@ def test_lora_dpo_under_zero3_on_two_workers(assets, pairs, tmp_path):
     assert {w["rank"] for w in summary["workers"]} == {0, 1}
     assert all(w["zero_stage"] == 3 for w in summary["workers"])
     assert (out / "model" / "adapter" / "adapter_config.json").exists()
+    # the reference log-probs and both evaluations ran with every parameter partitioned over the two workers
+    said = [x for x in capsys.readouterr().out.splitlines() if " on 2 worker(s) in " in x]
+    assert [x.split(" on ")[0] for x in said] == [
+        "hone: computed them",
+        "hone: evaluated the base model",
+        "hone: evaluated the tuned model",
+    ]
+    assert all(
+        x.endswith(" parameters partitioned") and x.split(", ")[-1].split()[0] == x.split(", ")[-1].split()[2] for x in said
+    )
