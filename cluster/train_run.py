@@ -2,7 +2,8 @@
 
     hone run examples/quickstart/sft.yaml [key=value ...] [--address ray://HEAD:10001]
 
-Reads top to bottom: validate and tokenize (no Ray yet) -> claim the run dir -> start/join Ray ->
+Reads top to bottom: validate and tokenize (no Ray yet; with --address after joining, so a large corpus is
+tokenized on the cluster) -> claim the run dir -> start/join Ray ->
 check the workers fit -> (dpo: the reference's log-probs, once) -> evaluate the base model -> train
 (resumes automatically) -> evaluate the export -> summary.json and the before/after table.
 """
@@ -38,12 +39,15 @@ from hone.training.token_cache import TokenTable
 
 
 def run_train(cfg: HoneConfig, address: str | None = None, hooks: RunHooks = NO_HOOKS) -> dict[str, Any]:
-    prepared = prepare(cfg)
+    # Data is read, checked and tokenized before a local cluster starts. A cluster named by address is
+    # joined first (joining takes no resources), so its CPUs tokenize a large text corpus (prepare.py).
+    prepared = None if address else prepare(cfg)
     run_dir, state = inspect(cfg)  # refuses a dir holding another run before Ray starts
     if state == "finished":
         return finished_run(run_dir)
     started = time.time()
     with ray_session(address):
+        prepared = prepared or prepare(cfg)
         check_placement(cfg.scaling)
         # Only now, with the workers known to fit, is the run dir written (or replaced).
         run_dir, state = claim(cfg)

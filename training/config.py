@@ -130,6 +130,9 @@ class DataConfig:
     # Where tokenized examples are cached by content (data, tokenizer, these settings): "" is
     # ~/.cache/hone/tokens. Multi-node runs map the files on every node: point it at shared storage.
     cache_dir: str = path_field("output", "")
+    # A plain-text split of at least this many documents is tokenized by Ray tasks spread over the cluster
+    # when the run joins one (`--address`, `hone submit`), not by the driver alone; 0: never.
+    cluster_tokenize_from: int = 20_000
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,16 @@ class TokenStats:
         self.num_loss_tokens += len(labels) - labels.count(IGNORE) if labels is not None else len(example["input_ids"])
         self.max_tokens = max(self.max_tokens, len(example["input_ids"]))
 
+    def merge(self, other: TokenStats) -> None:
+        """Add the counts of another part of the same split (rows included)."""
+        self.num_rows += other.num_rows
+        self.num_examples += other.num_examples
+        self.num_tokens += other.num_tokens
+        self.num_loss_tokens += other.num_loss_tokens
+        self.num_truncated += other.num_truncated
+        self.dropped.update(other.dropped)
+        self.max_tokens = max(self.max_tokens, other.max_tokens)
+
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> TokenStats:
         """The inverse of as_dict (a token cache entry's stats)."""

@@ -8,7 +8,8 @@ reported at once.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,13 +154,23 @@ def _write_split(
     if cfg.mode == "pretrain" and not packed:
         from tqdm.auto import tqdm
 
-        stats = TokenStats(num_rows=len(rows))
         # A bar on a terminal only (tqdm's disable=None), for corpora that take a while: ~2M tokens/s here.
         bar = tqdm(total=len(rows), desc=f"hone: tokenizing {split}", unit=" docs", disable=None if len(rows) > 1000 else True)
-        for batch in pretrain_batches(rows, tokenizer, cfg.data.max_seq_len, kind == "masked", stats):
-            writer.write(split, batch)
-            bar.update(min(PRETRAIN_BATCH_ROWS, bar.total - bar.n))
-            bar.set_postfix(tokens=f"{stats.num_tokens / 1e6:.1f}M", refresh=False)
+        masked = kind == "masked"
+        if _on_cluster(cfg, rows):
+            stats = TokenStats()
+            for docs, batch, part in cluster_pretrain_batches(rows, tokenizer, cfg.data.max_seq_len, masked):
+                if batch is not None:
+                    writer.write_batch(split, batch)
+                stats.merge(part)
+                bar.update(docs)
+                bar.set_postfix(tokens=f"{stats.num_tokens / 1e6:.1f}M", refresh=False)
+        else:
+            stats = TokenStats(num_rows=len(rows))
+            for examples in pretrain_batches(rows, tokenizer, cfg.data.max_seq_len, masked, stats):
+                writer.write(split, examples)
+                bar.update(min(PRETRAIN_BATCH_ROWS, bar.total - bar.n))
+                bar.set_postfix(tokens=f"{stats.num_tokens / 1e6:.1f}M", refresh=False)
         bar.close()
         _require_examples(writer.counts[split], stats, cfg, where)
         return stats
@@ -173,6 +184,58 @@ def _write_split(
 
 
 WRITE_BATCH = 4096  # examples per Arrow record batch
+
+
+def _on_cluster(cfg: HoneConfig, rows: list[Row]) -> bool:
+    """Tokenize with Ray tasks: the caller joined a cluster before preparing (only `hone run --address` and
+    `hone submit` do; a local cluster starts after the data is checked) and the split is large."""
+    import sys
+
+    if not cfg.data.cluster_tokenize_from or len(rows) < cfg.data.cluster_tokenize_from or "ray" not in sys.modules:
+        return False
+    import ray
+
+    return bool(ray.is_initialized())
+
+
+CLUSTER_TASK_DOCS = 512  # documents per tokenizing task
+
+
+def cluster_pretrain_batches(
+    rows: list[Row], tokenizer: Any, max_seq_len: int, masked: bool
+) -> Iterator[tuple[int, Any, TokenStats]]:
+    """`pretrain_batches` as Ray tasks spread over the cluster, CLUSTER_TASK_DOCS documents each, yielded in
+    the documents' order (the examples are the driver's own, in the same order): (documents, the examples
+    as an Arrow record batch or None, their counts). The driver reads the texts (its files need not be on
+    other nodes) and ships them; tokens come back as int32 Arrow columns, and at most two tasks per cluster
+    CPU are in flight, so the driver never holds more than that much of the corpus."""
+    import ray
+
+    task = ray.remote(_tokenize_part).options(num_cpus=1, scheduling_strategy="SPREAD")
+    tokenizer_ref = ray.put(tokenizer)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: deque[tuple[int, Any]] = deque()
+    for start in range(0, len(rows), CLUSTER_TASK_DOCS):
+        texts = [row["text"] for row in rows[start : start + CLUSTER_TASK_DOCS]]
+        pending.append((len(texts), task.remote(texts, tokenizer_ref, max_seq_len, masked)))
+        if len(pending) >= window:
+            docs, ref = pending.popleft()
+            yield (docs, *ray.get(ref))
+    while pending:
+        docs, ref = pending.popleft()
+        yield (docs, *ray.get(ref))
+
+
+def _tokenize_part(texts: list[str], tokenizer: Any, max_seq_len: int, masked: bool) -> tuple[Any, TokenStats]:
+    """One task's documents tokenized as the driver would (`pretrain_batches`), as one record batch."""
+    from hone.training.token_cache import record_batch
+    from hone.training.tokens import pretrain_batches
+
+    stats = TokenStats(num_rows=len(texts))
+    examples = [
+        e for batch in pretrain_batches([{"text": t} for t in texts], tokenizer, max_seq_len, masked, stats) for e in batch
+    ]
+    return (record_batch(examples) if examples else None), stats
 
 
 def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: Any) -> tuple[list[Example], TokenStats]:

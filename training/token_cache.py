@@ -47,7 +47,9 @@ def cache_root(cfg: HoneConfig) -> Path:
 def cache_key(cfg: HoneConfig) -> str:
     """A digest of everything the tokenized examples depend on."""
     # The files by content, not by path: a copied or moved data folder is the same data.
-    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir", "train", "eval")}
+    # where and by whom the examples are made does not change them
+    where = ("cache_dir", "cluster_tokenize_from", "train", "eval")
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in where}
     parts = {
         "version": CACHE_VERSION,
         "mode": cfg.mode,
@@ -161,6 +163,14 @@ def open_table(path: str) -> TokenTable:
 # Writing: batches of examples into a folder that appears whole or not at all
 
 
+def record_batch(examples: Sequence[Example]) -> Any:
+    """Examples as an Arrow record batch: a list column per field, int32 tokens (float64 for log-probs)."""
+    import pyarrow as pa
+
+    schema = pa.schema([(k, pa.list_(pa.float64() if k in FLOAT_COLUMNS else pa.int32())) for k in examples[0]])
+    return pa.record_batch([[e[name] for e in examples] for name in schema.names], schema=schema)
+
+
 class CacheWriter:
     """Writes one cache entry: `write(split, examples)` as many times as batches come, `commit(meta)` at
     the end. Until committed the entry lives in a temporary folder, which `discard` (or an error) removes, so
@@ -172,22 +182,20 @@ class CacheWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.writers: dict[str, Any] = {}
-        self.schemas: dict[str, Any] = {}
         self.counts = dict.fromkeys(SPLITS, 0)
 
     def write(self, split: str, examples: Sequence[Example]) -> None:
+        if examples:
+            self.write_batch(split, record_batch(examples))
+
+    def write_batch(self, split: str, batch: Any) -> None:
+        """Append an Arrow record batch of examples (`record_batch`) to the split."""
         import pyarrow as pa
 
-        if not examples:
-            return
         if split not in self.writers:
-            schema = pa.schema([(k, pa.list_(pa.float64() if k in FLOAT_COLUMNS else pa.int32())) for k in examples[0]])
-            self.writers[split] = pa.ipc.new_file(str(self.tmp / f"{split}.arrow"), schema)
-            self.schemas[split] = schema
-        schema = self.schemas[split]
-        columns = [[e[name] for e in examples] for name in schema.names]
-        self.writers[split].write_batch(pa.record_batch(columns, schema=schema))
-        self.counts[split] += len(examples)
+            self.writers[split] = pa.ipc.new_file(str(self.tmp / f"{split}.arrow"), batch.schema)
+        self.writers[split].write_batch(batch)
+        self.counts[split] += batch.num_rows
 
     def commit(self, meta: dict[str, Any]) -> Path:
         from hone.training.files import write_json
