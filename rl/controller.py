@@ -1,7 +1,8 @@
 """`mode: rl`: the single controller. It reads like the algorithm:
 
     for each step:  generate (rollout actors) -> score (reward actors) -> advantages (a pure function)
-                    -> reference log-probs (reference actors, when kl_coef > 0) -> update (policy group)
+                    -> reference log-probs (when kl_coef > 0: reference actors, or with LoRA the policy
+                       group with its adapter off) -> update (policy group)
                     -> send the new weights to the rollout actors
 
 Started by `hone run rl.yaml` (cluster/rl_run.py owns the run dir, tracking and the progress bar).
@@ -101,7 +102,7 @@ def reserve_roles(cfg: HoneConfig) -> Roles:
         reward=ActorGroup("reward", rl.reward.num_workers, role_bundle(rl.reward.cpus, rl.reward.gpus, rl.reward.resources)),
         reference=None,
     )
-    if rl.kl_coef > 0:
+    if rl.kl_coef > 0 and not cfg.lora.enabled:  # with LoRA the policy group is its own reference (_reference)
         ref = rl.reference
         roles.reference = ActorGroup("reference", ref.num_workers, role_bundle(ref.cpus, ref.gpus, ref.resources))
     _check_total_demand(roles)
@@ -410,11 +411,18 @@ class Controller:
         return group_advantages(rewards, self.cfg.rl.group_size, self.cfg.rl.advantage)
 
     def _reference(self, batch: RolloutBatch) -> float:
-        if self.roles.reference is None:
+        """The starting model's log-probs for the KL term. With LoRA the starting model is the policy with its
+        adapter switched off: the policy group computes them, sharded like the policy, and no second copy
+        of the model is loaded anywhere (TRL does the same for PEFT models). Else the reference actors."""
+        if self.cfg.rl.kl_coef <= 0:
             return 0.0
         started = time.perf_counter()
-        shards = _split_even(batch, self.roles.reference.num_actors)
-        logps = self._collect(self.roles.reference, self._sharded(self.roles.reference, "logp", [(s,) for s in shards]))
+        if self.roles.reference is None:
+            shards = batch.split(self.roles.policy.num_actors)  # as _update splits: same forward passes per rank
+            logps = self._policy_get([a.reference_logp.remote(s) for a, s in zip(self.roles.policy.actors, shards, strict=True)])
+        else:
+            shards = _split_even(batch, self.roles.reference.num_actors)
+            logps = self._collect(self.roles.reference, self._sharded(self.roles.reference, "logp", [(s,) for s in shards]))
         width = batch.completion_ids.size(1)
         batch.ref_logp = torch.cat([torch.nn.functional.pad(x, (0, width - x.size(1))) for x in logps])
         return time.perf_counter() - started

@@ -140,6 +140,19 @@ class PolicyWorker(Located):
         sums["lr"] = lr
         return sums
 
+    def reference_logp(self, shard: RolloutBatch) -> Any:
+        """The starting model's token log-probs of this rank's shard, for the KL term: with LoRA that is the
+        policy with its adapter switched off (peft's disable_adapter), the same base weights, sharded as
+        the policy is (under ZeRO-3 every rank runs the same forward passes: the shards are equal)."""
+        from hone.rl.logprobs import completion_logp
+
+        engine = self.engine
+        engine.eval()
+        with engine.module.disable_adapter():
+            return completion_logp(
+                engine, shard, self.cfg.rl.generation.temperature, engine.device, self.cfg.train.micro_batch_per_device
+            )
+
     def weights(self) -> list[Any]:
         """What rollout actors need, put in the object store by rank 0 as chunks of the state dict (about
         GATHER_CHUNK_BYTES each, in fp32; the rollout side loads one while the next is still in the store):

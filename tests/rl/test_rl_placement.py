@@ -1,10 +1,12 @@
-"""Each role lands where the config asks: rollout on one node, a 2-rank ZeRO-3 policy group on the other."""
+"""Each role lands where the config asks: rollout on one node, a 2-rank ZeRO-3 policy group on the other,
+and (full fine-tuning with a KL term) a reference actor wherever it fits."""
 
 import pytest
 
 from hone.cluster.connect import own_state_api
 from hone.cluster.run import run
 from hone.training.config import load_config
+from hone.training.files import read_jsonl
 from tests.rl.conftest import rl_overrides
 
 pytestmark = pytest.mark.slow
@@ -38,8 +40,12 @@ def test_roles_land_on_the_nodes_the_config_names(assets, prompts, tmp_path, two
         assets, prompts, tmp_path / "run", "train.max_steps=4",
         "rl.rollout.resources={rollout_node: 1}", "rl.policy_resources={policy_node: 1}",
         "scaling.num_workers=2", "deepspeed.zero_stage=3", "deepspeed.param_persistence_threshold=0",
+        "rl.kl_coef=0.1", "rl.reference.cpus=0",
     )  # fmt: skip
     summary = run(load_config(None, overrides))
+    steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(summary["placement"]["reference"]) == 1  # full weights: the starting model in its own actor
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0
 
     placement = summary["placement"]
     assert [w["node_id"] for w in placement["rollout"]] == [nodes["rollout_node"]]

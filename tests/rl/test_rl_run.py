@@ -1,5 +1,5 @@
-"""`mode: rl` end to end on real Ray actors: learning, metrics, export, LoRA + KL + async, a rollout
-actor killed mid-run, and bad rewards at run time."""
+"""`mode: rl` end to end on real Ray actors: learning, metrics, export, LoRA + KL (the policy group as its
+own reference) + async, a rollout actor killed mid-run, and bad rewards at run time."""
 
 from __future__ import annotations
 
@@ -53,13 +53,14 @@ def test_lora_with_kl_and_async_rollout(assets, prompts, tmp_path, local_ray):
         None,
         rl_overrides(
             assets, prompts, tmp_path / "run", "train.max_steps=6", "lora.enabled=true", "lora.rank=8",
-            "rl.kl_coef=0.1", "rl.async_rollout=true", "rl.reference.cpus=0", "rl.advantage=rloo",
+            "rl.kl_coef=0.1", "rl.async_rollout=true", "rl.advantage=rloo",
         ),
     )  # fmt: skip
     summary = run(cfg)
     steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in steps] == list(range(1, 7))
-    assert "reference" in summary["placement"]
+    # With LoRA the reference is the policy group with its adapter off: no reference actor, no second model
+    assert "reference" not in summary["placement"]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
     assert steps[-1]["kl"] > 0
     # Async samples come from the weights one step back: after step 1 the rollout's log-probs differ from
