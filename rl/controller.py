@@ -1,8 +1,8 @@
 """`mode: rl`: the single controller. It reads like the algorithm:
 
     for each step:  generate (rollout actors) -> score (reward actors) -> advantages (a pure function)
-                    -> reference log-probs (when kl_coef > 0: reference actors, or with LoRA the policy
-                       group with its adapter off) -> update (policy group)
+                    -> reference log-probs (when kl_coef > 0: reference actors, or the policy group with
+                       LoRA or ZeRO-3) -> update (policy group)
                     -> send the new weights to the rollout actors
 
 Started by `hone run rl.yaml` (cluster/rl_run.py owns the run dir, tracking and the progress bar).
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from hone.rl.algorithms import fill_invalid, group_advantages
 from hone.rl.batch import RolloutBatch, concat
 from hone.rl.group import ActorGroup, RolePlacementError, role_bundle
-from hone.rl.policy import MEAN_STATS, PolicyWorker, checkpoint_path
+from hone.rl.policy import MEAN_STATS, PolicyWorker, checkpoint_path, reference_in_policy
 from hone.rl.prepare import PreparedRl
 from hone.rl.rewards import RewardError, reward_name
 from hone.rl.workers import ReferenceWorker, RewardWorker, RolloutWorker
@@ -102,7 +102,7 @@ def reserve_roles(cfg: HoneConfig) -> Roles:
         reward=ActorGroup("reward", rl.reward.num_workers, role_bundle(rl.reward.cpus, rl.reward.gpus, rl.reward.resources)),
         reference=None,
     )
-    if rl.kl_coef > 0 and not cfg.lora.enabled:  # with LoRA the policy group is its own reference (_reference)
+    if rl.kl_coef > 0 and not reference_in_policy(cfg):  # else the policy group computes it (_reference)
         ref = rl.reference
         roles.reference = ActorGroup("reference", ref.num_workers, role_bundle(ref.cpus, ref.gpus, ref.resources))
     _check_total_demand(roles)
@@ -411,9 +411,9 @@ class Controller:
         return group_advantages(rewards, self.cfg.rl.group_size, self.cfg.rl.advantage)
 
     def _reference(self, batch: RolloutBatch) -> float:
-        """The starting model's log-probs for the KL term. With LoRA the starting model is the policy with its
-        adapter switched off: the policy group computes them, sharded like the policy, and no second copy
-        of the model is loaded anywhere (TRL does the same for PEFT models). Else the reference actors."""
+        """The starting model's log-probs for the KL term: from the policy group where `reference_in_policy`
+        (LoRA: the policy with its adapter off, no second copy of the model anywhere, as TRL does for PEFT
+        models; ZeRO-3: a frozen copy partitioned like the policy), else from the reference actors."""
         if self.cfg.rl.kl_coef <= 0:
             return 0.0
         started = time.perf_counter()

@@ -46,6 +46,7 @@ class PolicyWorker(Located):
         torch.set_num_threads(cpu_threads(self.cfg.scaling.cpus_per_worker, world, take_turns))
         self.resolved, self.rank, self.world, self.total_steps = resolved, rank, world, total_steps
         self.engine: Any = None
+        self.reference: Any = None  # ZeRO-3 full fine-tuning with a KL term: the frozen starting model
 
     def address(self) -> tuple[str, int]:
         return free_address()
@@ -66,7 +67,18 @@ class PolicyWorker(Located):
             backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world, timeout=timeout
         )
         self.engine, self.tokenizer = self._build_engine()
+        if self.cfg.rl.kl_coef > 0 and self.cfg.deepspeed.zero_stage == 3 and not self.cfg.lora.enabled:
+            self.reference = self._build_reference()
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def where(self) -> dict[str, Any]:
+        """Where this rank runs, and (ZeRO-3 reference) how many of the reference's parameters it holds only
+        a partition of: the tests check it is every one."""
+        out = super().where()
+        if self.reference is not None:
+            params = list(self.reference.module.parameters())
+            out |= {"reference_params": len(params), "reference_params_partitioned": sum(1 for p in params if p.numel() == 0)}
+        return out
 
     def _build_engine(self) -> tuple[Any, Any]:
         from hone.training.ds_config import engine_config, initialize_engine
@@ -85,6 +97,19 @@ class PolicyWorker(Located):
             cfg, train=dataclasses.replace(cfg.train, grad_accum=samples_per_rank // cfg.train.micro_batch_per_device)
         )
         return initialize_engine(model, step_cfg, self.total_steps), tokenizer
+
+    def _build_reference(self) -> Any:
+        """The starting model, frozen, loaded partitioned over the policy group as the policy is (ZeRO-3
+        inference: each layer gathered for its forward pass), so the group holds 1/world of it per rank."""
+        from hone.training.ds_config import inference_config, initialize_inference
+        from hone.training.models import load_for_engine
+
+        ds_config = inference_config(self.cfg)
+        model = load_for_engine(self.cfg.model, self.resolved, "causal", ds_config)
+        model.requires_grad_(False)
+        engine = initialize_inference(model, self.cfg, ds_config)
+        engine.eval()
+        return engine
 
     def update(self, shard: RolloutBatch, totals: dict[str, float], off_policy: bool) -> dict[str, float]:
         """One optimizer step on this rank's shard; returns sums of the diagnostics (the controller adds ranks)."""
@@ -141,17 +166,18 @@ class PolicyWorker(Located):
         return sums
 
     def reference_logp(self, shard: RolloutBatch) -> Any:
-        """The starting model's token log-probs of this rank's shard, for the KL term: with LoRA that is the
-        policy with its adapter switched off (peft's disable_adapter), the same base weights, sharded as
-        the policy is (under ZeRO-3 every rank runs the same forward passes: the shards are equal)."""
+        """The starting model's token log-probs of this rank's shard, for the KL term (`reference_in_policy`):
+        with LoRA the policy with its adapter switched off (peft's disable_adapter), the same base weights;
+        under ZeRO-3 the partitioned frozen copy. Every rank runs the same forward passes (equal shards)."""
         from hone.rl.logprobs import completion_logp
 
+        temperature, micro = self.cfg.rl.generation.temperature, self.cfg.train.micro_batch_per_device
+        if self.reference is not None:
+            return completion_logp(self.reference, shard, temperature, self.reference.device, micro)
         engine = self.engine
         engine.eval()
         with engine.module.disable_adapter():
-            return completion_logp(
-                engine, shard, self.cfg.rl.generation.temperature, engine.device, self.cfg.train.micro_batch_per_device
-            )
+            return completion_logp(engine, shard, temperature, engine.device, micro)
 
     def weights(self) -> list[Any]:
         """What rollout actors need, put in the object store by rank 0 as chunks of the state dict (about
@@ -197,6 +223,13 @@ class PolicyWorker(Located):
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def reference_in_policy(cfg: HoneConfig) -> bool:
+    """Whether the KL term's reference is computed by the policy group rather than by reference actors: with
+    LoRA (the policy with its adapter off is the starting model: nothing more to hold) and under ZeRO-3 (a
+    frozen copy partitioned like the policy, 1/world of it per rank, where one actor would need it whole)."""
+    return cfg.lora.enabled or cfg.deepspeed.zero_stage == 3
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -1,5 +1,5 @@
 """Each role lands where the config asks: rollout on one node, a 2-rank ZeRO-3 policy group on the other,
-and (full fine-tuning with a KL term) a reference actor wherever it fits."""
+whose two ranks also hold the KL term's reference partitioned (full fine-tuning under ZeRO-3)."""
 
 import pytest
 
@@ -44,7 +44,9 @@ def test_roles_land_on_the_nodes_the_config_names(assets, prompts, tmp_path, two
     )  # fmt: skip
     summary = run(load_config(None, overrides))
     steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert len(summary["placement"]["reference"]) == 1  # full weights: the starting model in its own actor
+    # full fine-tuning under ZeRO-3: the reference is a frozen copy partitioned over the policy group, no actor
+    assert "reference" not in summary["placement"]
+    assert all(w["reference_params_partitioned"] == w["reference_params"] > 0 for w in summary["placement"]["policy"])
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0
 
     placement = summary["placement"]

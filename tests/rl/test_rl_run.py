@@ -73,7 +73,8 @@ def test_lora_with_kl_and_async_rollout(assets, prompts, tmp_path, local_ray):
 
 def test_killed_rollout_actor_is_restarted_and_no_step_is_lost(assets, prompts, tmp_path, local_ray):
     out = tmp_path / "run"
-    cfg = load_config(None, rl_overrides(assets, prompts, out, "train.max_steps=30"))
+    # with a KL term: full weights at ZeRO-0 keep the starting model in a reference actor (on CPU, any room)
+    cfg = load_config(None, rl_overrides(assets, prompts, out, "train.max_steps=30", "rl.kl_coef=0.1", "rl.reference.cpus=0"))
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_actor_after, args=(out / "metrics.jsonl", 5, killed), daemon=True)
     watcher.start()
@@ -84,6 +85,9 @@ def test_killed_rollout_actor_is_restarted_and_no_step_is_lost(assets, prompts, 
     assert summary["restarts"]["rollout"] >= 1
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 31))
     assert summary["placement"]["rollout"][0]["pid"] not in killed
+    assert len(summary["placement"]["reference"]) == 1
+    steps = read_jsonl(out / "metrics.jsonl")
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0
 
 
 def test_killed_policy_worker_restarts_the_group_from_the_last_checkpoint(assets, prompts, tmp_path, local_ray):
