@@ -351,7 +351,7 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
     the pipeline dir, since a finished stage's export never changes."""
     import ray
 
-    from hone.training.evaluate import answer_agreement, pipeline_answers
+    from hone.training.evaluate import answer_agreement, answers_of, pipeline_answers
     from hone.training.generation import resolve_backend
     from hone.training.models import resolve_source
 
@@ -370,16 +370,20 @@ def _answers(out: Path, name: str, cfg: HoneConfig, model_dir: str | None, spec:
         f"hone: pipeline: {name}: answering {len(asked.questions) + len(asked.probes)} held-out questions{retention} ...",
         flush=True,
     )
-    task = worker_task(pipeline_answers, cfg.scaling)
-    if resolve_backend(cfg.generation.backend)[0] == "vllm":
-        # vLLM's engine runs inside the task's process and rebinds its threads: a process of its own, not
-        # one Ray would reuse for the next task.
-        task = task.options(max_calls=1)
-    got = ray.get(
-        task.remote(
-            eval_cfg, model, asked.questions, asked.fmt, asked.probes, asked.text, asked.prompts, spec.retention_max_new_tokens
-        )
-    )
+    what_asked = (asked.questions, asked.fmt, asked.probes, asked.text, asked.prompts, spec.retention_max_new_tokens)
+    if cfg.deepspeed.zero_stage == 3:  # a model that may only fit partitioned: asked on a worker group, HF generate
+        from hone.cluster.train_run import sharded_job
+
+        names = ("questions", "fmt", "probes", "text", "prompts", "prompt_tokens")
+        args = {"cfg": eval_cfg, **dict(zip(names, what_asked, strict=True))}
+        got = sharded_job(cfg, model, "causal", answers_of, args, out, f"pipeline: {name}: asked them")
+    else:
+        task = worker_task(pipeline_answers, cfg.scaling)
+        if resolve_backend(cfg.generation.backend)[0] == "vllm":
+            # vLLM's engine runs inside the task's process and rebinds its threads: a process of its own, not
+            # one Ray would reuse for the next task.
+            task = task.options(max_calls=1)
+        got = ray.get(task.remote(eval_cfg, model, *what_asked))
     if asked.prompts:
         base = got["retention_answers"] if name == "base" else done.get("base", {}).get("retention_answers", [])
         if len(base) == len(asked.prompts):

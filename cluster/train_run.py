@@ -81,14 +81,12 @@ def _evaluate(cfg: HoneConfig, prepared: Prepared, model_dir: str, run_dir: Path
     if cfg.deepspeed.zero_stage == 3:
         which = "base" if model_dir == prepared.resolved_model else "tuned"
         args = {"cfg": cfg, "kind": prepared.kind, "examples": examples, "rows": prepared.eval_rows, "fmt": prepared.fmt}
-        return _on_sharded_model(cfg, model_dir, prepared.kind, model_scores, args, run_dir, f"evaluated the {which} model")
+        return sharded_job(cfg, model_dir, prepared.kind, model_scores, args, run_dir, f"evaluated the {which} model")
     task = worker_task(evaluate_model, cfg.scaling)
     return ray.get(task.remote(cfg, model_dir, prepared.kind, examples, prepared.eval_rows, prepared.fmt))
 
 
-def _on_sharded_model(
-    cfg: HoneConfig, model_dir: str, kind: str, job: Any, args: dict[str, Any], run_dir: Path, what: str
-) -> Any:
+def sharded_job(cfg: HoneConfig, model_dir: str, kind: str, job: Any, args: dict[str, Any], run_dir: Path, what: str) -> Any:
     """`job(model, tokenizer, shard=..., **args)` on a worker group of scaling.num_workers with the model in
     `model_dir` loaded partitioned (training/evaluate.py:on_sharded_model); rank 0's result."""
     import ray
@@ -163,7 +161,7 @@ def _reference(cfg: HoneConfig, prepared: Prepared, run_dir: Path) -> None:
         train, held_out = (_shippable(cfg, x) for x in (prepared.train_examples, prepared.eval_examples))
         if cfg.deepspeed.zero_stage == 3:  # sharded like the policy, so any model that trains has a reference
             args = {"cfg": cfg, "train": train, "held_out": held_out}
-            logps = _on_sharded_model(cfg, prepared.resolved_model, "causal", pair_logps, args, run_dir, "computed them")
+            logps = sharded_job(cfg, prepared.resolved_model, "causal", pair_logps, args, run_dir, "computed them")
         else:
             logps = ray.get(worker_task(reference_logps, cfg.scaling).remote(cfg, prepared.resolved_model, train, held_out))
         write_json(path, logps)

@@ -110,44 +110,67 @@ def pipeline_answers(
     prompts: list[str],
     prompt_tokens: int = 32,
 ) -> dict[str, Any]:
-    """One model, loaded once, asked everything a pipeline's `eval:` asks: its held-out questions (scored
-    as sft's evaluation scores them), the document-recall probes (their own group, outside "all"), and for
-    retention the mean token loss on general text and greedy answers to general instructions (the caller
-    compares them with the base model's own). `replies` keeps every scored reply, questions then probes:
-    which facts a model missed, and what it said instead."""
+    """`answers_of` the model in `model_dir`, loaded whole in this process. The answers come from vLLM where
+    generation.backend resolves to it (bf16 there: a near tie between two tokens may fall the other way
+    than in fp32); the text loss always from the HF model."""
     from hone.training.generation import vllm_engine
 
     tokenizer, model = _load(cfg, model_dir, "causal")
-    # The answers come from vLLM where generation.backend resolves to it (bf16 there: a near tie between
-    # two tokens may fall the other way than in fp32); the text loss always from the HF model.
     engine = vllm_engine(cfg.generation.backend, model_dir)
-    replies = scored_replies(model, tokenizer, questions, fmt, cfg, engine)
+    return answers_of(model, tokenizer, cfg, questions, fmt, probes, text, prompts, prompt_tokens, engine)
+
+
+def answers_of(
+    model: Any,
+    tokenizer: Any,
+    cfg: HoneConfig,
+    questions: list[Row],
+    fmt: str,
+    probes: list[Row],
+    text: str,
+    prompts: list[str],
+    prompt_tokens: int = 32,
+    engine: Engine | None = None,
+    shard: Shard = ALONE,
+) -> dict[str, Any]:
+    """One model asked everything a pipeline's `eval:` asks: its held-out questions (scored as sft's
+    evaluation scores them), the document-recall probes (their own group, outside "all"), and for
+    retention the mean token loss on general text and greedy answers to general instructions (the caller
+    compares them with the base model's own). `replies` keeps every scored reply, questions then probes:
+    which facts a model missed, and what it said instead. On a worker group (`on_sharded_model`, ZeRO-3)
+    each rank takes its share of every part."""
+    replies = scored_replies(model, tokenizer, questions, fmt, cfg, engine, shard)
     scores = reply_metrics(replies)
     if probes:
-        probed = scored_replies(model, tokenizer, probes, fmt, cfg, engine)
+        probed = scored_replies(model, tokenizer, probes, fmt, cfg, engine, shard)
         scores |= {k: v for k, v in reply_metrics(probed).items() if "/" in k}
         replies += probed
     if text.strip():
         # one window for every model, whatever its stage's max_seq_len, so the losses compare
         window = min(RETENTION_WINDOW, getattr(model.config, "max_position_embeddings", None) or RETENTION_WINDOW)
-        scores["retention/loss"] = text_loss(model, tokenizer, text, window)
+        scores["retention/loss"] = text_loss(model, tokenizer, text, window, shard)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": ""}]} for p in prompts]
     longer = replace(cfg, eval=replace(cfg.eval, max_new_tokens=prompt_tokens))
-    answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer, engine)] if rows else []
+    answers = []
+    if rows:
+        mine = greedy_completions(model, tokenizer, shard.take(rows, rows[0]), "messages", longer, engine, shard.world > 1)
+        answers = [a.strip() for a in shard.gather(mine, len(rows))]
     return {"scores": scores, "replies": replies, "retention_answers": answers, "engine": engine.name if engine else "hf"}
 
 
-def text_loss(model: Any, tokenizer: Any, text: str, window: int) -> float:
-    """Mean next-token loss over `text`, read in windows of `window` tokens."""
+def text_loss(model: Any, tokenizer: Any, text: str, window: int, shard: Shard = ALONE) -> float:
+    """Mean next-token loss over `text`, read in windows of `window` tokens (each rank its share)."""
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    total, count = 0.0, 0
-    for chunk in text_windows(ids, window):
-        piece = torch.tensor([chunk], device=model.device)
+    windows = text_windows(tokenizer(text, add_special_tokens=False)["input_ids"], window)
+    total, count = 0.0, 0.0
+    for i in shard.take(range(len(windows)), -1) if windows else []:
+        piece = torch.tensor([windows[max(i, 0)]], device=next(model.parameters()).device)
         with torch.no_grad():
             loss = model(input_ids=piece, labels=piece).loss
-        total, count = total + float(loss) * (piece.shape[1] - 1), count + piece.shape[1] - 1
+        if i >= 0:  # -1: a rank's padding, run only to keep the ranks' forward passes in step
+            total, count = total + float(loss) * (piece.shape[1] - 1), count + piece.shape[1] - 1
+    total, count = shard.sum(total, count)
     return total / max(count, 1)
 
 

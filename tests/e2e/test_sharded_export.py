@@ -1,7 +1,7 @@
 """A model loaded only sharded (ZeRO-3, two workers, every parameter partitioned) trains, is evaluated on
 the worker group and exported; the sharded evaluation scores what a whole model scores; `model/` keeps the
-base checkpoint's dtype (bf16 here, trained in fp32 on CPU) in safetensors that plain transformers loads
-(issue 15)."""
+base checkpoint's dtype (bf16 here, trained in fp32 on CPU) in safetensors that plain transformers loads;
+a pipeline's questions are answered on the worker group as the whole model answers them (issue 15)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,31 @@ def test_a_zero3_run_exports_the_base_dtype(assets, bf16_base, tmp_path, local_r
         assert changed and all("proj" in n for n in changed)
     else:
         assert len(changed) > len(list(base.parameters())) // 2
+
+
+def test_a_pipelines_questions_are_answered_on_the_worker_group_as_the_whole_model_answers(assets, tmp_path, local_ray, capsys):
+    from hone.cluster.train_run import sharded_job
+    from hone.training.evaluate import answers_of, pipeline_answers
+    from tests.tiny import copy_rows, text_rows
+
+    overrides = sft_overrides(
+        assets, tmp_path / "run", "deepspeed.zero_stage=3", "scaling.num_workers=2", "deepspeed.param_persistence_threshold=0",
+        "eval.batch_size=1", "generation.backend=hf",
+    )  # fmt: skip  # batch 1: no padding, so the two ways batch nothing differently
+    cfg = load_config(None, overrides)
+    questions = copy_rows(5, seed=1)
+    probes = [{**row, "group": "probe"} for row in copy_rows(3, seed=2)]
+    text = " ".join(row["text"] for row in text_rows(120))  # several retention windows
+    asked = {"questions": questions, "fmt": "prompt_completion", "probes": probes, "text": text, "prompts": ["hi", "a b"]}
+    model = str(assets["llama"])
+
+    sharded = sharded_job(cfg, model, "causal", answers_of, {"cfg": cfg, **asked, "prompt_tokens": 6}, tmp_path, "asked them")
+    whole = pipeline_answers(cfg, model, *asked.values(), 6)
+
+    assert sharded["replies"] == whole["replies"] and len(whole["replies"]) == 8
+    assert sharded["retention_answers"] == whole["retention_answers"] and len(whole["retention_answers"]) == 2
+    assert sharded["scores"].keys() == whole["scores"].keys() and "retention/loss" in whole["scores"]
+    assert abs(sharded["scores"]["retention/loss"] - whole["scores"]["retention/loss"]) < 1e-5
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("hone: asked them on 2 worker(s)")]
+    split, total = (int(w) for w in line.split(", ")[-1].split()[:3:2])
+    assert split == total > 0, line
