@@ -39,7 +39,7 @@ class PreparedRl:
 def prepare_rl(cfg: HoneConfig) -> PreparedRl:
     from hone.training.models import check_max_seq_len, load_tokenizer, objective, resolve_source
 
-    rows = load_rows(cfg.data.train)  # first: a broken file is reported before the model is loaded
+    rows = load_rows(cfg.data.train, cfg.data.columns)  # first: a broken file is reported before the model is loaded
     resolved = resolve_source(cfg.model.source)
     check_max_seq_len(cfg.model, resolved, cfg.data.max_seq_len)
     if objective(cfg.model, resolved) != "causal":

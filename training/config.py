@@ -120,6 +120,8 @@ class DataConfig:
     format: Literal["auto", "text", "prompt_completion", "messages", "instruction"] = "auto"
     # A fraction of the rows held out, or a list of files holding the eval rows.
     eval: float | list[str] = path_field("data", 0.1)
+    # Fields renamed as the rows are read, for data in no format hone knows: {question: prompt, answer: completion}.
+    columns: dict[str, str] = field(default_factory=dict)
     max_seq_len: int = 512
     packing: bool = False
     # With packing: a prompt prefix every example shares (a system prompt) once per packed sequence, shown

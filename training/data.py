@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hone.training.config import DataConfig
-from hone.training.errors import HoneError
+from hone.training.errors import DataError
+from hone.training.formats import to_hone_row
 
 TEXT_SUFFIXES = {".txt", ".md"}
 # The fields each format needs, in detection order: the first format whose fields the first row holds wins.
@@ -38,10 +41,6 @@ def normalize_answer(text: Any) -> str:
     return " ".join(str(text).split()).lower()
 
 
-class DataError(HoneError, ValueError):
-    """A data problem the user must fix; the message names the file, the row and the fix."""
-
-
 class DataWarning(UserWarning):
     """Data that trains, but probably not as the user meant (chosen identical to rejected)."""
 
@@ -49,8 +48,9 @@ class DataWarning(UserWarning):
 Row = dict[str, Any]
 
 
-def load_rows(paths: list[str]) -> list[Row]:
-    """Read every file or folder in `paths` into one list of rows."""
+def load_rows(paths: list[str], columns: Mapping[str, str] | None = None) -> list[Row]:
+    """Read every file or folder in `paths` into one list of rows, each in one of hone's formats: fields
+    renamed by `columns` (data.columns), rows of other tools' formats converted (training/formats.py)."""
     rows: list[Row] = []
     for name in paths:
         path = Path(name).expanduser()
@@ -59,6 +59,8 @@ def load_rows(paths: list[str]) -> list[Row]:
         found = _read_path(path)
         if not found:
             raise DataError(f"data file {path} holds no rows: add examples or remove it from the config")
+        if not isinstance(found[0], TextFileRow):  # a text file's row is its text, read only when needed
+            found = [to_hone_row(row, columns or {}) for row in found]
         rows.extend(found)
     return rows
 
@@ -204,18 +206,45 @@ class TextFileRow(dict):
 
 
 def detect_format(rows: list[Row], requested: str) -> str:
-    """The format named in the config, or the first one whose fields the first row holds."""
+    """The format named in the config, or the one every file's first row has the fields of (the first
+    matching in FORMAT_FIELDS' order); files whose rows are in different formats are refused, naming both."""
     if requested != "auto":
         return requested
-    first = rows[0]
-    for fmt, fields in FORMAT_FIELDS.items():
-        if all(f in first for f in fields):
-            return fmt
-    keys = sorted(k for k in first if k != "_source")
-    raise DataError(
-        f"{first['_source']}: cannot tell the data format from fields {keys}. Rows need 'text'; "
-        "'prompt' and 'completion'; 'messages'; 'instruction' and 'output'; or 'prompt', 'chosen' and 'rejected'. Rename the fields or set data.format"
-    )
+    found: dict[str, str] = {}  # format -> the first file in it
+    for first in _first_row_of_each_file(rows):
+        fmt = next((f for f, fields in FORMAT_FIELDS.items() if all(name in first for name in fields)), None)
+        if fmt is None:
+            keys = sorted(k for k in first if k != "_source")
+            raise DataError(
+                f"{first['_source']}: cannot tell the data format from fields {keys}. Rows need 'text'; "
+                "'prompt' and 'completion'; 'messages' (or ShareGPT 'conversations'); 'instruction' and 'output'; "
+                "or 'prompt', 'chosen' and 'rejected'. Rename the fields (data.columns) or set data.format"
+            )
+        found.setdefault(fmt, first["_source"])
+    if len(found) > 1:
+        (a, where_a), (b, where_b) = list(found.items())[:2]
+        raise DataError(
+            f"the data mixes formats: {where_a} is {a!r} but {where_b} is {b!r}; give every file of a dataset the "
+            "same format (chat rows as 'messages' can hold any of them), or train on them in separate stages"
+        )
+    return next(iter(found))
+
+
+def _first_row_of_each_file(rows: list[Row]) -> list[Row]:
+    firsts: dict[str, Row] = {}
+    for row in rows:
+        firsts.setdefault(_file_of(row), row)
+    return list(firsts.values())
+
+
+_ROW_IN_FILE = re.compile(r"(.*?)(?::\d+|:row \d+|\[\d+\])")  # "file:12", "file:row 12", "file[12]"
+
+
+def _file_of(row: Row) -> str:
+    """The file a row came from: its `_source` without the row's place (a text file's is the file)."""
+    source = str(row.get("_source", ""))
+    match = _ROW_IN_FILE.fullmatch(source)
+    return match.group(1) if match else source
 
 
 def check_rows(rows: list[Row], fmt: str) -> None:
@@ -290,7 +319,7 @@ def check_mode(fmt: str, mode: str, source: str) -> None:
 def split_rows(rows: list[Row], data: DataConfig, seed: int) -> tuple[list[Row], list[Row]]:
     """Held-out rows: a seeded fraction of the training rows, or the rows of the eval files."""
     if isinstance(data.eval, list):
-        return rows, load_rows(data.eval)
+        return rows, load_rows(data.eval, data.columns)
     if len(rows) < 2:
         raise DataError(f"{rows[0]['_source']}: one row cannot be split into train and eval; add rows or set data.eval to a file")
     order = list(range(len(rows)))
@@ -302,7 +331,7 @@ def split_rows(rows: list[Row], data: DataConfig, seed: int) -> tuple[list[Row],
 
 def read_dataset(data: DataConfig, mode: str, seed: int) -> tuple[str, list[Row], list[Row]]:
     """Load, detect, check and split: the format, the train rows and the eval rows."""
-    rows = load_rows(data.train)
+    rows = load_rows(data.train, data.columns)
     # Preference modes read one format only; naming it (rather than detecting it from the first row) makes
     # a row without 'chosen' or 'rejected' fail on that row's own line.
     requested = "preference" if mode in PREFERENCE_MODES and data.format == "auto" else data.format

@@ -7,3 +7,7 @@ the (heavy) modules that raise them.
 
 class HoneError(Exception):
     """A problem with the user's config, data, model, cluster or run dir; the message says where and how to fix it."""
+
+
+class DataError(HoneError, ValueError):
+    """A data problem the user must fix; the message names the file, the row and the fix."""

@@ -60,7 +60,8 @@ def tokenize_supervised(row: Row, fmt: str, tokenizer: Any) -> Example:
 
 
 def _tokenize_chat(messages: list[dict], tokenizer: Any) -> Example:
-    """Render with the model's chat template; every assistant turn is a target, everything else is masked.
+    """Render with the model's chat template; every assistant turn is a target (except one marked
+    `"weight": 0`, as Axolotl marks turns not to train on), everything else is masked.
 
     Each assistant turn's tokens are found by rendering the conversation up to it (with the generation
     prompt) and up to its end: the tokens in between are what the assistant said.
@@ -68,7 +69,7 @@ def _tokenize_chat(messages: list[dict], tokenizer: Any) -> Example:
     full_ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
     labels = [IGNORE] * len(full_ids)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         start = common_prefix_length(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), full_ids)
         end = common_prefix_length(_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False), full_ids)

@@ -1,0 +1,135 @@
+"""Data in other tools' formats reads as hone's own, row by row and file by file: ShareGPT, TRL's
+conversational prompt-completion and implicit-prompt preference, renamed columns; errors name the row."""
+
+from __future__ import annotations
+
+import pytest
+
+from hone.training.config import load_config
+from hone.training.data import DataError, read_dataset
+from hone.training.prepare import prepare
+from tests.tiny import write_jsonl
+
+SHAREGPT = [
+    {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": f"copy {c} ->"},
+            {"from": "gpt", "value": c},
+        ]
+    }
+    for c in "abcdefgh"
+]
+
+
+def _data(*overrides: str):
+    return load_config(None, ["model.source=x", "data.eval=0.25", *overrides]).data
+
+
+def test_sharegpt_and_messages_files_mix_into_one_chat_dataset(tmp_path):
+    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", SHAREGPT)
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4,
+    )
+    fmt, train, held_out = read_dataset(_data(f"data.train=[{sharegpt}, {chat}]"), "sft", 0)
+    assert fmt == "messages" and len(train) + len(held_out) == 12
+    first = next(r for r in train + held_out if r["_source"] == f"{sharegpt}:1")
+    assert first["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "copy a ->"},
+        {"role": "assistant", "content": "a"},
+    ]
+
+
+def test_llama_factory_sharegpt_roles_and_its_system_column(tmp_path):
+    row = {
+        "system": "You are a tool user.",
+        "conversations": [
+            {"from": "human", "value": "weather?"},
+            {"from": "function_call", "value": '{"name": "weather"}'},
+            {"from": "observation", "value": "sunny"},
+            {"from": "gpt", "value": "It is sunny."},
+        ],
+    }
+    data = write_jsonl(tmp_path / "tools.jsonl", [row] * 4)
+    _, train, _ = read_dataset(_data(f"data.train=[{data}]"), "sft", 0)
+    assert [m["role"] for m in train[0]["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+
+
+def test_trl_conversational_prompt_completion_becomes_messages(tmp_path):
+    rows = [
+        {"prompt": [{"role": "user", "content": f"copy {c} ->"}], "completion": [{"role": "assistant", "content": c}]}
+        for c in "abcd"
+    ]
+    data = write_jsonl(tmp_path / "trl.jsonl", rows)
+    fmt, train, held_out = read_dataset(_data(f"data.train=[{data}]"), "sft", 0)
+    assert fmt == "messages"
+    assert [m["role"] for m in (train + held_out)[0]["messages"]] == ["user", "assistant"]
+
+
+def test_trl_implicit_prompt_preference_splits_at_the_shared_turns(tmp_path):
+    user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "copy a ->"}]
+    rows = [
+        {"chosen": [*user, {"role": "assistant", "content": "a"}], "rejected": [*user, {"role": "assistant", "content": "b"}]}
+    ] * 4
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    fmt, train, _ = read_dataset(_data(f"data.train=[{data}]"), "dpo", 0)
+    assert fmt == "preference"
+    assert train[0]["prompt"] == user
+    assert train[0]["chosen"] == [{"role": "assistant", "content": "a"}]
+    assert train[0]["rejected"] == [{"role": "assistant", "content": "b"}]
+
+    unshared = write_jsonl(tmp_path / "unshared.jsonl", [{"chosen": user[1:], "rejected": user[:1]}])
+    with pytest.raises(DataError, match=r"unshared\.jsonl:1: 'chosen' and 'rejected' share no first turn"):
+        read_dataset(_data(f"data.train=[{unshared}]"), "dpo", 0)
+
+
+def test_columns_rename_fields_in_train_and_eval_files(tmp_path):
+    train = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)])
+    held = write_jsonl(tmp_path / "qa_eval.jsonl", [{"question": "q", "answer": "a"}])
+    data = _data(f"data.train=[{train}]", f"data.eval=[{held}]", "data.columns={question: prompt, answer: completion}")
+    fmt, rows, held_out = read_dataset(data, "sft", 0)
+    assert fmt == "prompt_completion" and rows[0]["prompt"] == "q0" and held_out[0]["completion"] == "a"
+
+    clash = write_jsonl(tmp_path / "clash.jsonl", [{"question": "q", "prompt": "p", "completion": "c"}] * 2)
+    with pytest.raises(DataError, match=r"clash\.jsonl:1: data\.columns renames a field to 'prompt', which the row already has"):
+        read_dataset(_data(f"data.train=[{clash}]", "data.columns={question: prompt}"), "sft", 0)
+
+
+def test_an_unknown_speaker_and_mixed_formats_are_named(tmp_path):
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"conversations": [{"from": "narrator", "value": "once"}]}])
+    with pytest.raises(DataError, match=r"odd\.jsonl:1: conversations\[0\] is from 'narrator'; use one of .*human"):
+        read_dataset(_data(f"data.train=[{odd}]"), "sft", 0)
+    chat = write_jsonl(tmp_path / "chat.jsonl", SHAREGPT)
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "p", "completion": "c"}] * 4)
+    with pytest.raises(
+        DataError, match=r"mixes formats: .*chat\.jsonl:1 is 'messages' but .*plain\.jsonl:1 is 'prompt_completion'"
+    ):
+        read_dataset(_data(f"data.train=[{chat}, {plain}]"), "sft", 0)
+
+
+def test_a_sharegpt_file_tokenizes_for_sft(tmp_path, assets):
+    data = write_jsonl(tmp_path / "sharegpt.jsonl", SHAREGPT)
+    cfg = load_config(
+        None,
+        [f"model.source={assets['llama']}", f"data.train=[{data}]", "data.max_seq_len=64", f"data.cache_dir={tmp_path / 'c'}"],
+    )
+    prepared = prepare(cfg)
+    assert prepared.fmt == "messages" and prepared.train_stats.num_loss_tokens > 0
+
+
+def test_an_assistant_turn_in_a_trl_prompt_is_context_not_a_target(assets):
+    from hone.training.formats import to_hone_row
+    from hone.training.models import load_tokenizer
+    from hone.training.tokens import tokenize_supervised
+
+    tokenizer = load_tokenizer(
+        load_config(None, [f"model.source={assets['llama']}", "data.train=[x]"]).model, str(assets["llama"])
+    )
+    history = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c d e f"}, {"role": "user", "content": "g"}]
+    reply = [{"role": "assistant", "content": "h"}]
+    trl = tokenize_supervised(to_hone_row({"prompt": history, "completion": reply, "_source": "r"}, {}), "messages", tokenizer)
+    whole = tokenize_supervised({"messages": [*history, *reply], "_source": "r"}, "messages", tokenizer)
+    targets = [sum(label != -100 for label in e["labels"]) for e in (trl, whole)]
+    assert trl["input_ids"] == whole["input_ids"] and 0 < targets[0] < targets[1]
