@@ -7,6 +7,7 @@ hone report DIR                                        a run/sweep/pipeline dir:
 hone k8s render CONFIG.yaml [key=value ...] [--output FILE]  a KubeRay RayJob (+ ConfigMap, NetworkPolicy) sized from the config
 hone submit CONFIG.yaml [key=value ...] --address URL [--wait]  check here, then run it as a job on a Ray cluster
 hone jobs list|status ID|logs ID [--follow]|stop ID --address URL  the jobs on a Ray cluster
+hone import-config TRL_OR_AXOLOTL.yaml [--from trl|axolotl] [--mode sft|dpo] [-o OUT.yaml]  a hone config from theirs
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _command(args: argparse.Namespace) -> int:
         from hone.cluster.jobs import jobs_command
 
         return jobs_command(args)
+    if args.command == "import-config":
+        return _import_config(args)
     loaded = load_any(args.config, args.overrides)
     if isinstance(loaded, Pipeline):
         return _pipeline(args, loaded)
@@ -83,6 +86,50 @@ def _command(args: argparse.Namespace) -> int:
     from hone.cluster.run import run
 
     run(cfg, address=args.address)
+    return 0
+
+
+def _import_config(args: argparse.Namespace) -> int:
+    """A TRL or Axolotl YAML as a hone config: every setting hone has is carried over; the others are listed
+    (on stderr, and as comments at the top of the output), never dropped silently."""
+    from pathlib import Path
+
+    import yaml
+
+    from hone.training.config import ConfigError
+    from hone.training.peer_names import guess_tool, translate
+
+    path = Path(args.file)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read it as YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    tool = args.tool or guess_tool(raw)
+    config, unmapped = translate(raw, tool)
+    config = {"mode": config.pop("mode", args.mode), **config}
+    notes = [f"# hone config from {path.name} ({tool}), by hone import-config"]
+    if unmapped:
+        notes.append("# not carried over (hone has no such setting, or not with this value):")
+        notes += [f"#   {key}: {value!r}: {why}" for key, value, why in unmapped]
+        for key, value, why in unmapped:
+            print(f"hone: not carried over: {key}: {value!r}: {why}", file=sys.stderr)
+    remote = [d for d in config.get("data", {}).get("train", []) if not (path.parent / d).exists()]
+    if remote:
+        notes.append(
+            f"# data.train names {', '.join(remote)}, not a file next to this config: hone reads local files (jsonl, json, "
+            "csv, parquet, a datasets.save_to_disk folder); save the dataset there and point data.train at it"
+        )
+        print(f"hone: note: {notes[-1][2:]}", file=sys.stderr)
+    text = "\n".join(notes) + "\n" + yaml.safe_dump(config, sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(
+            f"hone: wrote {args.output} ({len(unmapped)} setting(s) not carried over); check it with hone validate {args.output}"
+        )
+    else:
+        print(text, end="")
     return 0
 
 
@@ -222,6 +269,11 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
     cmd.add_argument("dir", help="a run, sweep or pipeline output dir")
+    cmd = sub.add_parser("import-config", help="turn a TRL or Axolotl YAML config into a hone config")
+    cmd.add_argument("file", help="the TRL or Axolotl YAML")
+    cmd.add_argument("--from", dest="tool", choices=("trl", "axolotl"), default=None, help="whose config (default: guessed)")
+    cmd.add_argument("--mode", choices=("sft", "dpo"), default="sft", help="what it trains, when the file does not say")
+    cmd.add_argument("-o", "--output", default=None, help="write the hone config here (default: print it)")
     add_k8s_parser(sub)
     add_submit_parser(sub)
     add_jobs_parser(sub)

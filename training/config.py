@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from hone.training.errors import HoneError
+from hone.training.peer_names import hone_name
 
 
 class ConfigError(HoneError, ValueError):
@@ -605,8 +606,12 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
+            peer = hone_name(str(key))  # learning_rate, per_device_train_batch_size, lora_r, ...
             near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            if peer:
+                hint = f"; did you mean {peer}? ({key} is TRL's or Axolotl's name; hone import-config converts such files)"
+            else:
+                hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     values = {}
     for f in dataclasses.fields(cls):
