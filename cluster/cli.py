@@ -7,6 +7,7 @@ hone report DIR                                        a run/sweep/pipeline dir:
 hone k8s render CONFIG.yaml [key=value ...] [--output FILE]  a KubeRay RayJob (+ ConfigMap, NetworkPolicy) sized from the config
 hone submit CONFIG.yaml [key=value ...] --address URL [--wait]  check here, then run it as a job on a Ray cluster
 hone jobs list|status ID|logs ID [--follow]|stop ID --address URL  the jobs on a Ray cluster
+hone config [--json-schema FILE]                      every config key: type, default, help; a JSON Schema for editors
 hone import-config TRL_OR_AXOLOTL.yaml [--from trl|axolotl] [--mode sft|dpo] [-o OUT.yaml]  a hone config from theirs
 """
 
@@ -65,6 +66,8 @@ def _command(args: argparse.Namespace) -> int:
         return jobs_command(args)
     if args.command == "import-config":
         return _import_config(args)
+    if args.command == "config":
+        return _config(args)
     loaded = load_any(args.config, args.overrides)
     if isinstance(loaded, Pipeline):
         return _pipeline(args, loaded)
@@ -86,6 +89,22 @@ def _command(args: argparse.Namespace) -> int:
     from hone.cluster.run import run
 
     run(cfg, address=args.address)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hone.cluster.schema import json_schema, render
+
+    print(render())
+    if args.json_schema:
+        Path(args.json_schema).write_text(json.dumps(json_schema(), indent=1) + "\n")
+        print(
+            f"hone: wrote {args.json_schema}; editors that read YAML schemas complete and check a config with "
+            f"`# yaml-language-server: $schema={args.json_schema}` as its first line"
+        )
     return 0
 
 
@@ -269,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     cmd = sub.add_parser("report", help="print a run's before/after table and write its plots (PNG) into its dir")
     cmd.add_argument("dir", help="a run, sweep or pipeline output dir")
+    cmd = sub.add_parser("config", help="every config key with its type, default and help; --json-schema for editors")
+    cmd.add_argument("--json-schema", default=None, metavar="FILE", help="also write a JSON Schema of the config here")
     cmd = sub.add_parser("import-config", help="turn a TRL or Axolotl YAML config into a hone config")
     cmd.add_argument("file", help="the TRL or Axolotl YAML")
     cmd.add_argument("--from", dest="tool", choices=("trl", "axolotl"), default=None, help="whose config (default: guessed)")
