@@ -11,6 +11,11 @@ mix in one dataset and every error still names the file and row:
 - TRL's implicit-prompt preference (`chosen` and `rejected` full conversations, no `prompt`) -> a pair whose
   prompt is the turns both share and whose chosen/rejected are the turns after them.
 - `data.columns` renames any other fields first ({question: prompt, answer: completion}).
+
+Why not TRL's `maybe_convert_to_chatml` and `extract_prompt`: the first renames from/value but keeps
+ShareGPT's speaker names (human, gpt) as roles, which chat templates do not know, and knows nothing of
+LLaMA-Factory's tool turns or system column; neither names the row when a row cannot be read, which every
+hone data error does. The conversions are a few lines each.
 """
 
 from __future__ import annotations
