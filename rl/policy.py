@@ -85,7 +85,7 @@ class PolicyWorker(Located):
         from hone.training.models import add_lora, enable_gradient_checkpointing, load_for_engine, load_tokenizer
 
         cfg = self.cfg
-        tokenizer = load_tokenizer(cfg.model, self.resolved)
+        tokenizer = load_tokenizer(cfg.model, self.resolved, cfg.data.chat_template)
         model = load_for_engine(cfg.model, self.resolved, "causal", engine_config(cfg))
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(model)

@@ -44,7 +44,7 @@ def prepare_rl(cfg: HoneConfig) -> PreparedRl:
     check_max_seq_len(cfg.model, resolved, cfg.data.max_seq_len)
     if objective(cfg.model, resolved) != "causal":
         raise DataError("mode rl needs a causal (decoder) model that can generate, but model.source is an encoder")
-    tokenizer = load_tokenizer(cfg.model, resolved)
+    tokenizer = load_tokenizer(cfg.model, resolved, cfg.data.chat_template)
     for row in rows:
         _check_prompt_row(row, tokenizer)
     train_rows, eval_rows = split_rows(rows, cfg.data, cfg.seed)

@@ -49,7 +49,7 @@ def _threads(cfg: HoneConfig, cpus: float, num_workers: int) -> None:
 def _tokenizer(cfg: HoneConfig, resolved: str) -> Any:
     from hone.training.models import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model, resolved)
+    tokenizer = load_tokenizer(cfg.model, resolved, cfg.data.chat_template)
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
     return tokenizer
 

@@ -123,6 +123,9 @@ class DataConfig:
     eval: float | list[str] = path_field("data", 0.1)
     # Fields renamed as the rows are read, for data in no format hone knows: {question: prompt, answer: completion}.
     columns: dict[str, str] = field(default_factory=dict)
+    # The chat template chat rows are rendered with, instead of the tokenizer's own: a .jinja file, or the
+    # name of one TRL ships (qwen2_5, llama3, ...). The exported model/ keeps it.
+    chat_template: str = path_field("model", "")
     max_seq_len: int = 512
     packing: bool = False
     # With packing: a prompt prefix every example shares (a system prompt) once per packed sequence, shown
@@ -549,7 +552,7 @@ def resolve_paths(raw: dict[str, Any], base: Path, cls: type | None = None) -> d
             return value  # storage is absolute (checked) or a URI; eval: 0.1 is a fraction, not a path
         if kind == "model":  # a hub id stays one: only an existing path, or one spelled ./..., is local
             candidate = _rebase(value, base)
-            return candidate if Path(candidate).exists() or value.startswith(".") else value
+            return candidate if value and (Path(candidate).exists() or value.startswith(".")) else value
         return _rebase(value, base)
 
     return map_paths(raw, rebase, cls)

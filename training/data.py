@@ -270,15 +270,25 @@ def check_rows(rows: list[Row], fmt: str) -> None:
 def _check_messages(row: Row, field: str = "messages", need_assistant: bool = True) -> None:
     messages = row["messages"]
     ok = isinstance(messages, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        isinstance(m, dict) and isinstance(m.get("role"), str) and _has_content(m) for m in messages
     )
     if not ok:
-        raise DataError(f"{row['_source']}: '{field}' must be a list of {{'role': ..., 'content': ...}} objects")
+        raise DataError(
+            f"{row['_source']}: '{field}' must be a list of {{'role': ..., 'content': ...}} objects "
+            "(an assistant turn may give 'tool_calls' instead of content, as OpenAI's format does)"
+        )
     for m in messages:
         if m["role"] not in ROLES:
             raise DataError(f"{row['_source']}: '{field}' has a message with role {m['role']!r}; use one of {', '.join(ROLES)}")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{row['_source']}: '{field}' has no assistant turn, so there is nothing to learn")
+
+
+def _has_content(message: dict) -> bool:
+    """Text content, or (OpenAI's tool calling) an assistant turn with tool_calls and no text."""
+    if isinstance(message.get("content"), str):
+        return True
+    return message.get("content") is None and bool(message.get("tool_calls")) and message.get("role") == "assistant"
 
 
 def _check_preference(row: Row) -> None:

@@ -79,7 +79,7 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     model_dir = loop_config["model_dir"]
     # examples the driver put in the object store (nodes with no shared cache) are fetched here
     args = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config["args"].items()}
-    tokenizer = load_tokenizer(cfg.model, model_dir)
+    tokenizer = load_tokenizer(cfg.model, model_dir, cfg.data.chat_template)
     ds_config = inference_config(cfg)
     model = load_for_engine(cfg.model, model_dir, loop_config["kind"], ds_config)
     module = initialize_inference(model, cfg, ds_config).module.eval()
@@ -197,7 +197,7 @@ def _load(cfg: HoneConfig, model_dir: str, kind: str) -> tuple[Any, Any]:
     from hone.training.models import load_model, load_tokenizer
 
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, model_dir)
+    tokenizer = load_tokenizer(cfg.model, model_dir, cfg.data.chat_template)
     model = load_model(cfg.model, model_dir, kind).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")

@@ -149,7 +149,7 @@ def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
     from hone.training.models import add_lora, compile_blocks, enable_gradient_checkpointing, load_for_engine, load_tokenizer
 
     cfg = plan.config
-    tokenizer = load_tokenizer(cfg.model, plan.resolved_model)
+    tokenizer = load_tokenizer(cfg.model, plan.resolved_model, cfg.data.chat_template)
     model = load_for_engine(cfg.model, plan.resolved_model, plan.kind, engine_config(cfg))
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)

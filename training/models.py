@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hone.training.config import LoraConfig, ModelConfig
+from hone.training.config import ConfigError, LoraConfig, ModelConfig
 from hone.training.errors import HoneError
 from hone.training.files import files_in, write_text
 
@@ -27,7 +27,8 @@ class ModelSourceError(HoneError, ValueError):
 
 
 def looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.endswith(".gguf") or Path(source).exists()
+    """A local path rather than a hub id or a name; "" (an unset field) is neither."""
+    return bool(source) and (source.startswith(("/", ".", "~")) or source.endswith(".gguf") or Path(source).exists())
 
 
 def resolve_source(source: str) -> str:
@@ -106,13 +107,41 @@ def convert_gguf(path: Path) -> Path:
     return out
 
 
-def load_tokenizer(model: ModelConfig, resolved: str) -> Any:
+def load_tokenizer(model: ModelConfig, resolved: str, chat_template: str = "") -> Any:
+    """The model's tokenizer; `chat_template` (data.chat_template) replaces its chat template."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template)
     return tokenizer
+
+
+def known_chat_templates() -> dict[str, Path]:
+    """The chat templates TRL ships (trl/chat_templates/*.jinja, model families' own templates), by name."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")  # located, not imported (seconds)
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
+    return {p.stem: p for p in sorted(folder.glob("*.jinja")) if not p.stem.endswith("_training")}
+
+
+def read_chat_template(spec: str) -> str:
+    """data.chat_template: a .jinja file, or the name of a template TRL ships (qwen2_5, llama3, ...)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.read_text()
+    known = known_chat_templates()
+    if spec in known:
+        return known[spec].read_text()
+    names = ", ".join(known)
+    raise ConfigError(
+        f"data.chat_template={spec!r} is neither a file nor a known template name; use a .jinja file or one of: {names}"
+    )
 
 
 def objective(model: ModelConfig, resolved: str) -> str:

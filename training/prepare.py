@@ -114,7 +114,7 @@ def _build(cfg: HoneConfig, root: Path, key: str) -> tuple[dict[str, Any], dict[
         raise DataError(f"data.packing=true does not apply to mode {cfg.mode}: pairs are scored whole; set data.packing=false")
     kind = "reward" if cfg.mode == "reward" else kind
     check_max_seq_len(cfg.model, resolved, cfg.data.max_seq_len)
-    tokenizer = load_tokenizer(cfg.model, resolved)
+    tokenizer = load_tokenizer(cfg.model, resolved, cfg.data.chat_template)
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise DataError("model.objective=masked needs a tokenizer with a mask token, and this one has none")
     writer = CacheWriter(root, key)

@@ -56,6 +56,8 @@ def cache_key(cfg: HoneConfig) -> str:
         "seed": cfg.seed,
         "data": data,
         "model": {"objective": cfg.model.objective, "tokenizer": tokenizer_identity(cfg.model.source)},
+        # a template file by its content (a name stands for the template TRL ships under it)
+        "chat_template": tokenizer_identity(cfg.data.chat_template) if cfg.data.chat_template else "",
         "files": {split: _data_identity(paths) for split, paths in (("train", cfg.data.train), ("eval", cfg.data.eval))},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

@@ -46,10 +46,10 @@ def tokenize_supervised(row: Row, fmt: str, tokenizer: Any) -> Example:
             "use prompt/completion rows or a model with a chat template"
         )
     if fmt == "messages":
-        return _tokenize_chat(row["messages"], tokenizer)
+        return _tokenize_chat(row["messages"], tokenizer, row["_source"])
     prompt, completion = prompt_and_completion(row, fmt, tokenizer)
     if isinstance(prompt, list):
-        return _tokenize_chat(prompt + completion, tokenizer)
+        return _tokenize_chat(prompt + completion, tokenizer, row["_source"])
     eos = tokenizer.eos_token or ""
     if not completion.endswith(eos):
         completion += eos
@@ -59,7 +59,7 @@ def tokenize_supervised(row: Row, fmt: str, tokenizer: Any) -> Example:
     return {"input_ids": full_ids, "labels": [IGNORE] * start + full_ids[start:]}
 
 
-def _tokenize_chat(messages: list[dict], tokenizer: Any) -> Example:
+def _tokenize_chat(messages: list[dict], tokenizer: Any, where: str = "?") -> Example:
     """Render with the model's chat template; every assistant turn is a target (except one marked
     `"weight": 0`, as Axolotl marks turns not to train on), everything else is masked.
 
@@ -74,7 +74,22 @@ def _tokenize_chat(messages: list[dict], tokenizer: Any) -> Example:
         start = common_prefix_length(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), full_ids)
         end = common_prefix_length(_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False), full_ids)
         labels[start:end] = full_ids[start:end]
+        if message.get("tool_calls"):  # checked on the rendered text: decoding ids may not give it back
+            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            _require_rendered_calls(message, upto[len(before) :] if upto.startswith(before) else upto, where)
     return {"input_ids": full_ids, "labels": labels}
+
+
+def _require_rendered_calls(message: dict, rendered: str, where: str) -> None:
+    """A template that ignores tool_calls would train on an empty turn: refused, with the fix."""
+    names = [str((call.get("function") or {}).get("name", "")) for call in message["tool_calls"] if isinstance(call, dict)]
+    missing = [name for name in names if name and name not in rendered]
+    if missing:
+        raise DataError(
+            f"{where}: the chat template does not render the assistant's tool_calls ({missing[0]!r} is not in the rendered turn): "
+            "set data.chat_template to one that does (for example qwen2_5 or llama3_1), or give the call as text content"
+        )
 
 
 def _chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> list[int]:
@@ -95,7 +110,7 @@ def generation_prompt(row: Row, fmt: str, tokenizer: Any) -> str:
 def reference_completion(row: Row, fmt: str, tokenizer: Any) -> str:
     _, completion = prompt_and_completion(row, fmt, tokenizer)
     if isinstance(completion, list):
-        return completion[0]["content"]
+        return completion[0].get("content") or ""
     return completion
 
 

@@ -133,3 +133,52 @@ def test_an_assistant_turn_in_a_trl_prompt_is_context_not_a_target(assets):
     whole = tokenize_supervised({"messages": [*history, *reply], "_source": "r"}, "messages", tokenizer)
     targets = [sum(label != -100 for label in e["labels"]) for e in (trl, whole)]
     assert trl["input_ids"] == whole["input_ids"] and 0 < targets[0] < targets[1]
+
+
+TOOL_ROW = {
+    "messages": [
+        {"role": "user", "content": "weather in Oulu?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oulu"}}}
+        ]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+}  # fmt: skip
+
+
+def test_openai_tool_calls_train_through_a_template_that_renders_them(tmp_path, assets):
+    from hone.training.models import load_tokenizer
+
+    data = write_jsonl(tmp_path / "tools.jsonl", [TOOL_ROW] * 8)
+    base = [f"model.source={assets['llama']}", f"data.train=[{data}]", "data.max_seq_len=256"]
+    cfg = load_config(None, [*base, "data.chat_template=qwen2_5", f"data.cache_dir={tmp_path / 'c'}"])
+    prepared = prepare(cfg)
+    tokenizer = load_tokenizer(cfg.model, str(assets["llama"]), "qwen2_5")
+    assert "<|im_start|>" in tokenizer.apply_chat_template(TOOL_ROW["messages"], tokenize=False)  # Qwen's, not its own
+    labels = prepared.train_examples[0]["labels"]
+    trained = [label != -100 for label in labels]
+    spans = sum(1 for i, t in enumerate(trained) if t and (i == 0 or not trained[i - 1]))
+    assert spans == 2  # the tool call turn and the final reply are targets; the user and tool turns are not
+
+    # the tiny model's own template drops tool_calls: refused, naming the row and the fix
+    with pytest.raises(DataError, match=r"tools\.jsonl:\d+: the chat template does not render the assistant's tool_calls"):
+        prepare(load_config(None, [*base, f"data.cache_dir={tmp_path / 'd'}"]))
+
+
+def test_a_chat_template_file_or_name_replaces_the_models_and_keys_the_cache(tmp_path, assets):
+    from hone.training.config import ConfigError
+
+    data = write_jsonl(tmp_path / "chat.jsonl", SHAREGPT)
+    template = tmp_path / "mine.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    base = [f"model.source={assets['llama']}", f"data.train=[{data}]", "data.max_seq_len=128", f"data.cache_dir={tmp_path / 'c'}"]
+    own = prepare(load_config(None, base))
+    mine = prepare(load_config(None, [*base, f"data.chat_template={template}"]))
+    assert mine.token_cache != own.token_cache and mine.train_examples[0] != own.train_examples[0]
+    template.write_text(template.read_text().replace("[assistant]", "[bot]"))
+    assert prepare(load_config(None, [*base, f"data.chat_template={template}"])).token_cache != mine.token_cache
+    with pytest.raises(ConfigError, match=r"data\.chat_template='nope' is neither a file nor a known template name.*qwen2_5"):
+        prepare(load_config(None, [*base, "data.chat_template=nope"]))
