@@ -29,7 +29,7 @@ from hone.training.examples import Example
 from hone.training.models import CACHE_DIR, file_sha256, looks_like_path
 
 # Raise when the examples built from the same inputs change (tokens.py, data.py, packing).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Columns of floats; every other column is token ids or 0/1 masks (int32).
 FLOAT_COLUMNS = ("ref_logps", "pair_weight")
 # Files of a model directory that are weights, not tokenizer or config: left out of the key (a 70B model's

@@ -71,14 +71,44 @@ def _tokenize_chat(messages: list[dict], tokenizer: Any, where: str = "?") -> Ex
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        start = common_prefix_length(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), full_ids)
-        end = common_prefix_length(_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False), full_ids)
+        before = _chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = _chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start, end = common_prefix_length(before, full_ids), common_prefix_length(upto, full_ids)
+        if start < len(before) or end < len(upto):
+            # The template renders this turn differently once later turns follow (Qwen3 drops earlier
+            # reasoning): the difference would mis-mark it, so the template's own assistant mask is used.
+            return _tokenize_chat_by_mask(messages, tokenizer, where)
         labels[start:end] = full_ids[start:end]
         if message.get("tool_calls"):  # checked on the rendered text: decoding ids may not give it back
-            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-            upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-            _require_rendered_calls(message, upto[len(before) :] if upto.startswith(before) else upto, where)
+            shown = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            said = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            _require_rendered_calls(message, said[len(shown) :] if said.startswith(shown) else said, where)
     return {"input_ids": full_ids, "labels": labels}
+
+
+def _tokenize_chat_by_mask(messages: list[dict], tokenizer: Any, where: str) -> Example:
+    """Targets from the chat template's `{% generation %}` markers (transformers' assistant mask): the
+    template's own, or the training version TRL keeps of a known family's template (what TRL's SFTTrainer
+    trains with; it is prefix-preserving, so earlier turns keep what the model said in them)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if not has_generation_markers(template):
+        try:
+            template = get_training_chat_template(tokenizer)
+        except ValueError:
+            raise DataError(
+                f"{where}: the chat template renders earlier turns differently once later turns follow, so which "
+                "tokens are the assistant's cannot be told from it, and TRL has no training version of it: set "
+                "data.chat_template to one with {% generation %} markers around assistant content"
+            ) from None
+    if any(m.get("weight", 1) == 0 for m in messages):
+        raise DataError(f"{where}: turns marked weight 0 need a chat template that renders earlier turns unchanged")
+    out = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(out["input_ids"])
+    return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, out["assistant_masks"], strict=True)]}
 
 
 def _require_rendered_calls(message: dict, rendered: str, where: str) -> None:

@@ -182,3 +182,29 @@ def test_a_chat_template_file_or_name_replaces_the_models_and_keys_the_cache(tmp
     assert prepare(load_config(None, [*base, f"data.chat_template={template}"])).token_cache != mine.token_cache
     with pytest.raises(ConfigError, match=r"data\.chat_template='nope' is neither a file nor a known template name.*qwen2_5"):
         prepare(load_config(None, [*base, "data.chat_template=nope"]))
+
+
+def test_a_template_that_drops_earlier_reasoning_still_marks_every_assistant_turn(assets):
+    """Qwen3's template drops an earlier turn's <think> block once a later user turn follows, so rendering a
+    prefix and diffing would mis-mark that turn; hone then takes the assistant mask of TRL's training
+    version of the template (what TRL's SFTTrainer trains with), where every assistant turn is a target."""
+    from hone.training.models import load_tokenizer
+    from hone.training.tokens import tokenize_supervised
+
+    tokenizer = load_tokenizer(
+        load_config(None, [f"model.source={assets['llama']}", "data.train=[x]"]).model, str(assets["llama"]), "qwen3"
+    )
+    messages = [
+        {"role": "user", "content": "a b"},
+        {"role": "assistant", "content": "<think>c d</think>e f"},
+        {"role": "user", "content": "g"},
+        {"role": "assistant", "content": "<think>h</think>a"},
+    ]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "c d" not in full  # the template rewrites the first turn once the second follows
+    example = tokenize_supervised({"messages": messages, "_source": "r"}, "messages", tokenizer)
+    trained = [label != -100 for label in example["labels"]]
+    spans = sum(1 for i, t in enumerate(trained) if t and (i == 0 or not trained[i - 1]))
+    assert spans == 2 and sum(trained) < len(trained)
+    # rendered with TRL's training version (prefix-preserving: the first turn keeps what it said)
+    assert len(example["input_ids"]) > len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
