@@ -126,6 +126,8 @@ class DataConfig:
     # The chat template chat rows are rendered with, instead of the tokenizer's own: a .jinja file, or the
     # name of one TRL ships (qwen2_5, llama3, ...). The exported model/ keeps it.
     chat_template: str = path_field("model", "")
+    # sft: train on the prompt's tokens too, not only the completion's (Axolotl's train_on_inputs).
+    train_on_prompt: bool = False
     max_seq_len: int = 512
     packing: bool = False
     # With packing: a prompt prefix every example shares (a system prompt) once per packed sequence, shown

@@ -245,7 +245,7 @@ def _tokenize(cfg: HoneConfig, kind: str, fmt: str, rows: list[Row], tokenizer: 
         return build_pretrain(rows, tokenizer, cfg.data.max_seq_len, masked=kind == "masked")
     if cfg.mode in PREFERENCE_MODES:
         return build_preference(rows, tokenizer, cfg.data.max_seq_len, cfg.mode)
-    return build_supervised(rows, fmt, tokenizer, cfg.data.max_seq_len)
+    return build_supervised(rows, fmt, tokenizer, cfg.data.max_seq_len, cfg.data.train_on_prompt)
 
 
 def _require_examples(count: int, stats: TokenStats, cfg: HoneConfig, where: str) -> None:

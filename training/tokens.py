@@ -144,12 +144,17 @@ def reference_completion(row: Row, fmt: str, tokenizer: Any) -> str:
     return completion
 
 
-def build_supervised(rows: list[Row], fmt: str, tokenizer: Any, max_seq_len: int) -> tuple[list[Example], TokenStats]:
-    """Tokenize every row; cut ones longer than max_seq_len, drop ones whose prompt alone fills it."""
+def build_supervised(
+    rows: list[Row], fmt: str, tokenizer: Any, max_seq_len: int, train_on_prompt: bool = False
+) -> tuple[list[Example], TokenStats]:
+    """Tokenize every row; cut ones longer than max_seq_len, drop ones whose prompt alone fills it.
+    train_on_prompt: every token is a target (the prompt too), as Axolotl's train_on_inputs."""
     stats = TokenStats(num_rows=len(rows))
     examples = []
     for row in rows:
         example = tokenize_supervised(row, fmt, tokenizer)
+        if train_on_prompt:
+            example = {**example, "labels": list(example["input_ids"])}
         if len(example["input_ids"]) > max_seq_len:
             example = {k: v[:max_seq_len] for k, v in example.items()}
             if all(t == IGNORE for t in example["labels"]):

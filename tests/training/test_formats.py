@@ -208,3 +208,14 @@ def test_a_template_that_drops_earlier_reasoning_still_marks_every_assistant_tur
     assert spans == 2 and sum(trained) < len(trained)
     # rendered with TRL's training version (prefix-preserving: the first turn keeps what it said)
     assert len(example["input_ids"]) > len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_train_on_prompt_makes_every_token_a_target(tmp_path, assets):
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": f"copy {c} ->", "completion": f" {c}"} for c in "abcdefgh"])
+    base = [f"model.source={assets['llama']}", f"data.train=[{data}]", "data.max_seq_len=32", f"data.cache_dir={tmp_path / 'c'}"]
+    completion_only, everything = (prepare(load_config(None, [*base, f"data.train_on_prompt={v}"])) for v in ("false", "true"))
+    example = everything.train_examples[0]
+    assert example["labels"] == example["input_ids"]
+    assert (
+        completion_only.train_stats.num_loss_tokens < everything.train_stats.num_loss_tokens == everything.train_stats.num_tokens
+    )
