@@ -76,8 +76,9 @@ class PolicyWorker(Located):
         a partition of: the tests check it is every one."""
         out = super().where()
         if self.reference is not None:
-            params = list(self.reference.module.parameters())
-            out |= {"reference_params": len(params), "reference_params_partitioned": sum(1 for p in params if p.numel() == 0)}
+            from hone.training.models import partitioned
+
+            out["reference_params"], out["reference_params_partitioned"] = partitioned(self.reference.module)
         return out
 
     def _build_engine(self) -> tuple[Any, Any]:

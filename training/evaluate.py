@@ -44,7 +44,7 @@ def model_scores(
     shard: Shard = ALONE,
 ) -> dict[str, float]:
     """The mode's held-out scores of `model`. On a worker group every rank scores its share of the examples
-    and prompts and gets the same scores back (`evaluate_sharded`)."""
+    and prompts and gets the same scores back (`on_sharded_model`)."""
     if cfg.mode in PREFERENCE_MODES:
         return pair_metrics(model, tokenizer, examples, cfg, shard)
     loss = heldout_loss(model, tokenizer, examples, cfg, kind, shard)
@@ -71,7 +71,7 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     import torch
 
     from hone.training.ds_config import inference_config, initialize_inference
-    from hone.training.models import load_for_engine, load_tokenizer
+    from hone.training.models import load_for_engine, load_tokenizer, partitioned
 
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
@@ -84,9 +84,8 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     model = load_for_engine(cfg.model, model_dir, loop_config["kind"], ds_config)
     module = initialize_inference(model, cfg, ds_config).module.eval()
     result = loop_config["job"](module, tokenizer, shard=shard, **args)
-    params = list(module.parameters())
-    held_in_part = sum(1 for p in params if p.numel() == 0)
-    report = {"rank": shard.rank, "result": result, "num_params": len(params), "num_params_local_empty": held_in_part}
+    num_params, held_in_part = partitioned(module)
+    report = {"rank": shard.rank, "result": result, "num_params": num_params, "num_params_local_empty": held_in_part}
     ray.get(loop_config["log"].worker.remote(report))
 
 
@@ -151,10 +150,7 @@ def answers_of(
         scores["retention/loss"] = text_loss(model, tokenizer, text, window, shard)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": ""}]} for p in prompts]
     longer = replace(cfg, eval=replace(cfg.eval, max_new_tokens=prompt_tokens))
-    answers = []
-    if rows:
-        mine = greedy_completions(model, tokenizer, shard.take(rows, rows[0]), "messages", longer, engine, shard.world > 1)
-        answers = [a.strip() for a in shard.gather(mine, len(rows))]
+    answers = [a.strip() for a in greedy_completions(model, tokenizer, rows, "messages", longer, engine, shard)]
     return {"scores": scores, "replies": replies, "retention_answers": answers, "engine": engine.name if engine else "hf"}
 
 
@@ -164,7 +160,7 @@ def text_loss(model: Any, tokenizer: Any, text: str, window: int, shard: Shard =
 
     windows = text_windows(tokenizer(text, add_special_tokens=False)["input_ids"], window)
     total, count = 0.0, 0.0
-    for i in shard.take(range(len(windows)), -1) if windows else []:
+    for i in shard.take(range(len(windows)), -1):
         piece = torch.tensor([windows[max(i, 0)]], device=next(model.parameters()).device)
         with torch.no_grad():
             loss = model(input_ids=piece, labels=piece).loss
@@ -278,11 +274,7 @@ def scored_replies(
                  right answer inside a sentence still counts.
     """
     rows = rows[: cfg.eval.max_samples] if cfg.eval.max_samples else rows
-    if not rows:
-        return []
-    # Each rank answers its share of the prompts (ZeRO-3: generate's forward passes kept in step).
-    mine = greedy_completions(model, tokenizer, shard.take(rows, rows[0]), fmt, cfg, engine, synced=shard.world > 1)
-    completions = shard.gather(mine, len(rows))
+    completions = greedy_completions(model, tokenizer, rows, fmt, cfg, engine, shard)
     replies = []
     for completion, row in zip(completions, rows, strict=True):
         reference = reference_completion(row, fmt, tokenizer)
@@ -329,15 +321,18 @@ def greedy_completions(
     fmt: str,
     cfg: HoneConfig,
     engine: Engine | None = None,
-    synced: bool = False,
+    shard: Shard = ALONE,
 ) -> list[str]:
     """Greedy replies to the rows' prompts from `engine` (a vLLM engine on the same weights), or from the
-    HF model itself (synced: every rank of a ZeRO-3 group generates together, see HfEngine)."""
+    HF model itself. On a worker group each rank answers its share and every rank gets all the replies
+    back; the ranks generate in step (ZeRO-3 gathers parameters collectively, see HfEngine)."""
     from hone.training.generation import HfEngine, Sampling
 
+    if not rows:
+        return []
     special = not tokenizer.chat_template or fmt == "prompt_completion"  # as the training rows were tokenized
     if engine is None:
-        engine = HfEngine(model, tokenizer, cfg.eval.batch_size, synced=synced)
+        engine = HfEngine(model, tokenizer, cfg.eval.batch_size, synced=shard.world > 1)
     engine.special = special
-    prompts = [generation_prompt(r, fmt, tokenizer) for r in rows]
-    return [c.text for c in engine.generate(prompts, Sampling(cfg.eval.max_new_tokens))]
+    prompts = [generation_prompt(r, fmt, tokenizer) for r in shard.take(rows, rows[0])]
+    return shard.gather([c.text for c in engine.generate(prompts, Sampling(cfg.eval.max_new_tokens))], len(rows))

@@ -274,16 +274,16 @@ def _worker_info(engine: Any, cfg: HoneConfig, rank: int) -> dict[str, Any]:
     import ray
     import torch
 
-    from hone.training.models import compiled_blocks, hf_model
+    from hone.training.models import compiled_blocks, hf_model, partitioned
 
-    params = list(engine.module.parameters())
+    num_params, held_in_part = partitioned(engine.module)
     return {
         "rank": rank,
         "node_id": ray.get_runtime_context().get_node_id(),
         "hostname": socket.gethostname(),
         "zero_stage": cfg.deepspeed.zero_stage,
-        "num_params": len(params),
-        "num_params_local_empty": sum(1 for p in params if p.numel() == 0),
+        "num_params": num_params,
+        "num_params_local_empty": held_in_part,
         "torch_threads": torch.get_num_threads(),
         "compiled_blocks": compiled_blocks(engine.module),
         "niceness": os.nice(0),

@@ -224,6 +224,13 @@ def load_for_engine(model: ModelConfig, resolved: str, kind: str, ds_config: dic
         del zero3
 
 
+def partitioned(module: Any) -> tuple[int, int]:
+    """(parameters, those this rank holds only a partition of): ZeRO-3 leaves a partitioned parameter with
+    local numel 0, which the runs report and the tests use to prove sharding happened."""
+    params = list(module.parameters())
+    return len(params), sum(1 for p in params if p.numel() == 0)
+
+
 def _return_freed_memory() -> None:
     """Make glibc give large freed blocks back to the system at once, in this process.
 
