@@ -134,11 +134,12 @@ def _import_config(args: argparse.Namespace) -> int:
         notes += [f"#   {key}: {value!r}: {why}" for key, value, why in unmapped]
         for key, value, why in unmapped:
             print(f"hone: not carried over: {key}: {value!r}: {why}", file=sys.stderr)
-    remote = [d for d in config.get("data", {}).get("train", []) if not (path.parent / d).exists()]
+    sources = [d["path"] if isinstance(d, dict) else d for d in config.get("data", {}).get("train", [])]
+    remote = [d for d in sources if not (path.parent / d).exists()]
     if remote:
         notes.append(
-            f"# data.train names {', '.join(remote)}, not a file next to this config: hone reads local files (jsonl, json, "
-            "csv, parquet, a datasets.save_to_disk folder); save the dataset there and point data.train at it"
+            f"# data.train names {', '.join(remote)}, not a file next to this config: read as hub dataset ids "
+            "(datasets.load_dataset; a machine without the hub needs a local copy named here instead)"
         )
         print(f"hone: note: {notes[-1][2:]}", file=sys.stderr)
     text = "\n".join(notes) + "\n" + yaml.safe_dump(config, sort_keys=False)

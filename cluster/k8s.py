@@ -38,7 +38,7 @@ import yaml
 from hone.cluster.k8s_manifests import JOB_DIR, Group, Items, RenderOptions, config_map, network_policy, ray_job
 from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline, check_answer_eval, load_any
 from hone.rl.rewards import RewardError, reward_module_files
-from hone.training.config import HoneConfig, PathKind, RewardSpec, map_paths, saved_dict, to_dict
+from hone.training.config import HoneConfig, PathKind, RewardSpec, is_hub_dataset, map_paths, saved_dict, to_dict
 from hone.training.errors import HoneError
 
 MAX_NAME = 47  # KubeRay derives longer resource names from the RayJob's and rejects names past 47 chars
@@ -204,8 +204,8 @@ def ship_config(cfg: HoneConfig, bundle: Bundle, opts: RenderOptions, pipeline_o
                     f"the pods cannot share it; set it under {opts.runs_mount}, use a URI, or leave it empty"
                 )
             return value
-        if kind == "data":  # "" is an unset optional file (synth.replay_prompts)
-            return bundle.data_file(value, key) if isinstance(value, str) and value else value
+        if kind == "data":  # "" is an unset optional file (synth.replay_prompts); a hub dataset is fetched by the pod
+            return bundle.data_file(value, key) if isinstance(value, str) and value and not is_hub_dataset(value) else value
         if kind == "model":
             return _model_source(value, key, bundle)
         return value if bundle.on_volume(value) else _reward_module(section, key, bundle)

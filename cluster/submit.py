@@ -31,7 +31,7 @@ import yaml
 from hone.cluster.jobs import JobsError, connect, follow, guarded
 from hone.cluster.pipeline import PREVIOUS, AnswerEval, Pipeline
 from hone.rl.rewards import RewardError, reward_module_files
-from hone.training.config import HoneConfig, PathKind, map_paths, saved_dict
+from hone.training.config import HoneConfig, PathKind, is_hub_dataset, map_paths, saved_dict
 from hone.training.data import DataError, folder_files
 from hone.training.models import looks_like_path
 
@@ -141,7 +141,7 @@ def ship_config(cfg: HoneConfig, shipment: _Shipment) -> dict[str, Any]:
             return str(Path(value).expanduser().resolve()) if value else value
         if kind == "module":
             return shipment.add_module(value, section["function"], key)
-        if kind == "data" and isinstance(value, str) and value:  # "" is an unset optional file
+        if kind == "data" and isinstance(value, str) and value and not is_hub_dataset(value):  # "": an unset optional file
             return shipment.add(value, key)
         if kind == "model" and value != PREVIOUS and looks_like_path(value):
             return shipment.add(value, key)

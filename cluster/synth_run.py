@@ -39,7 +39,7 @@ from hone.synth.probes import doc_recall_probes
 from hone.synth.quality import EvalOverlap
 from hone.synth.replay import ReplayRequest, read_replay_prompts, replay_requests, replay_rows
 from hone.synth.step import Recipe, Synthesis, assemble, by_document, fetch, missing, plan
-from hone.training.config import HoneConfig
+from hone.training.config import HoneConfig, data_sources
 from hone.training.data import DataError, load_rows
 from hone.training.files import write_json, write_text
 from hone.training.models import model_identity
@@ -60,8 +60,8 @@ def prepare_synth(cfg: HoneConfig) -> PreparedSynth:
     """The documents, chunked, and the evaluation questions to keep out; a DataError naming the folder
     when nothing is readable. No Ray, no model: `hone validate` runs exactly this."""
     chunks: list[Chunk] = []
-    for source in cfg.data.train:
-        for doc, text in read_documents(Path(source)).items():
+    for source in data_sources(cfg.data.train):
+        for doc, text in read_documents(Path(source.path)).items():
             chunks += chunk_document(doc, text, cfg.synth.chunk_words)
     if not chunks:
         raise DataError(f"data.train {cfg.data.train}: the documents hold no text to synthesise from")

@@ -12,7 +12,7 @@ from typing import Any
 
 from hone.rl.rewards import fields_needed, import_function, reward_name
 from hone.training.config import HoneConfig
-from hone.training.data import DataError, Row, load_rows, split_rows
+from hone.training.data import DataError, Row, load_sources, split_and_mix
 
 
 @dataclass
@@ -39,7 +39,8 @@ class PreparedRl:
 def prepare_rl(cfg: HoneConfig) -> PreparedRl:
     from hone.training.models import check_max_seq_len, load_tokenizer, objective, resolve_source
 
-    rows = load_rows(cfg.data.train, cfg.data.columns)  # first: a broken file is reported before the model is loaded
+    parts = load_sources(cfg.data.train, cfg.data.columns)  # first: a broken file is reported before the model is loaded
+    rows = [row for part in parts for row in part]
     resolved = resolve_source(cfg.model.source)
     check_max_seq_len(cfg.model, resolved, cfg.data.max_seq_len)
     if objective(cfg.model, resolved) != "causal":
@@ -47,7 +48,7 @@ def prepare_rl(cfg: HoneConfig) -> PreparedRl:
     tokenizer = load_tokenizer(cfg.model, resolved, cfg.data.chat_template)
     for row in rows:
         _check_prompt_row(row, tokenizer)
-    train_rows, eval_rows = split_rows(rows, cfg.data, cfg.seed)
+    train_rows, eval_rows = split_and_mix(parts, cfg.data, cfg.seed)
     for row in eval_rows:
         _check_prompt_row(row, tokenizer)
     check_rewards(cfg, train_rows + eval_rows)

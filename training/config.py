@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -114,13 +115,47 @@ class LoraConfig:
     target_modules: str | list[str] = "all-linear"
 
 
+# A hub dataset id (org/name): a data path that names no local file, has no data-file suffix, and has the
+# shape of a repository id. `datasets.load_dataset` reads it; a typo'd local folder fails there, by name.
+HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md")
+
+
+def is_hub_dataset(value: str) -> bool:
+    return bool(HUB_DATASET.fullmatch(value)) and not value.lower().endswith(DATA_SUFFIXES) and not Path(value).exists()
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One entry of data.train / data.eval written as a mapping instead of a plain path."""
+
+    # A file, a folder, a saved `datasets` directory, or a hub dataset id (org/name).
+    path: str = path_field("data", "")
+    # Its share of the training rows, relative to the other sources' weights: the training rows are
+    # resampled (without replacement where a source has enough rows, repeated where it has too few) so
+    # each source gives that share of as many rows as all sources hold. 0: no weights (every row once);
+    # give every source a weight or none.
+    weight: float = 0.0
+    # Read through `datasets.load_dataset` (a hub id always is; a local folder laid out like a hub dataset
+    # repository is when either is set): the split, and the subset (the dataset's configuration name).
+    split: str = ""
+    subset: str = ""
+
+
+def data_sources(entries: list[str | DataSource]) -> list[DataSource]:
+    """data.train / data.eval entries, a plain path being a source with no weight."""
+    return [DataSource(path=e) if isinstance(e, str) else e for e in entries]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    # Files (jsonl, json, csv, parquet, txt, md), folders of txt/md files, or a saved `datasets` directory.
-    train: list[str] = path_field("data", factory=list)
+    # Files (jsonl, json, csv, parquet, txt, md), folders of txt/md files, saved `datasets` directories or
+    # hub dataset ids; an entry may be a mapping {path, weight, split, subset} (DataSource) to mix sources
+    # in stated proportions or pick a hub dataset's split and subset.
+    train: list[str | DataSource] = path_field("data", factory=list)
     format: Literal["auto", "text", "prompt_completion", "messages", "instruction"] = "auto"
-    # A fraction of the rows held out, or a list of files holding the eval rows.
-    eval: float | list[str] = path_field("data", 0.1)
+    # A fraction of the rows held out, or a list of sources (as in train, without weights) of eval rows.
+    eval: float | list[str | DataSource] = path_field("data", 0.1)
     # Fields renamed as the rows are read, for data in no format hone knows: {question: prompt, answer: completion}.
     columns: dict[str, str] = field(default_factory=dict)
     # The chat template chat rows are rendered with, instead of the tokenizer's own: a .jinja file, or the
@@ -519,8 +554,11 @@ def map_paths(
         if kind:
             if f.metadata["when_type"] and raw.get("type", getattr(cls, "type", None)) != f.metadata["when_type"]:
                 continue
-            if isinstance(value, list):
-                raw[f.name] = [fn(f"{key}[{i}]", v, kind, raw) for i, v in enumerate(value)]
+            if isinstance(value, list):  # a mapping entry (a DataSource) holds its own path field
+                raw[f.name] = [
+                    map_paths(v, fn, DataSource, f"{key}[{i}].") if isinstance(v, dict) else fn(f"{key}[{i}]", v, kind, raw)
+                    for i, v in enumerate(value)
+                ]
             elif (new := fn(key, value, kind, raw)) is not None:
                 raw[f.name] = new
         elif (section := _section_class(hints[f.name])) and isinstance(value, dict):
@@ -552,8 +590,10 @@ def resolve_paths(raw: dict[str, Any], base: Path, cls: type | None = None) -> d
             return _rebase(value or ".", base)
         if kind == "storage" or not isinstance(value, str):
             return value  # storage is absolute (checked) or a URI; eval: 0.1 is a fraction, not a path
-        if kind == "model":  # a hub id stays one: only an existing path, or one spelled ./..., is local
+        if kind in ("model", "data"):  # a hub id stays one: only an existing path, or one spelled ./..., is local
             candidate = _rebase(value, base)
+            if kind == "data" and not is_hub_dataset(value):
+                return candidate
             return candidate if value and (Path(candidate).exists() or value.startswith(".")) else value
         return _rebase(value, base)
 
@@ -656,11 +696,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return None
     if origin is list:
         item = typing.get_args(hint)[0]
-        if isinstance(value, str) and item is str:
+        if isinstance(value, str) and (item is str or str in typing.get_args(item)):
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} must be a list")
-        if dataclasses.is_dataclass(item):
+        if _section_class(item):  # entries that may be sections are named by index: data.train[0].weight
             return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return [_coerce(item, v, key) for v in value]
     if origin is dict:
@@ -693,6 +733,23 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 
+def _check_sources(data: DataConfig) -> None:
+    train = data_sources(data.train)
+    for i, source in enumerate(train):
+        _require(source.path != "", f"data.train[{i}].path", source.path, "name a data file, folder or hub dataset id")
+        _require(source.weight >= 0, f"data.train[{i}].weight", source.weight, "give a share above 0, e.g. 1 or 0.5")
+    weighted = [s.weight > 0 for s in train]
+    _require(
+        all(weighted) or not any(weighted),
+        "data.train",
+        [s.weight for s in train],
+        "give every source a weight or none (the weights are their shares of the training rows)",
+    )
+    for i, source in enumerate(data_sources(data.eval) if isinstance(data.eval, list) else []):
+        _require(source.path != "", f"data.eval[{i}].path", source.path, "name a data file, folder or hub dataset id")
+        _require(source.weight == 0, f"data.eval[{i}].weight", source.weight, "weights mix training rows only; remove it")
+
+
 def _describe(hint: Any) -> str:
     return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(hint))
 
@@ -707,6 +764,7 @@ def check(cfg: HoneConfig) -> None:
         cfg.model.source != "", "model.source", cfg.model.source, "set it to a local model directory, a .gguf file or a hub id"
     )
     _require(len(cfg.data.train) > 0, "data.train", cfg.data.train, "list at least one data file or folder")
+    _check_sources(cfg.data)
     _positive(cfg, "train.micro_batch_per_device", "train.grad_accum", "train.num_epochs", "data.max_seq_len")
     _positive(cfg, "scaling.num_workers", "scaling.cpus_per_worker", "eval.batch_size", "eval.max_new_tokens")
     _positive(cfg, "optim.lr", "lora.rank", "lora.alpha", "checkpoint.keep", "scaling.placement_timeout_s")

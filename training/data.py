@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hone.training.config import DataConfig
+from hone.training.config import DataConfig, DataSource, data_sources, is_hub_dataset
 from hone.training.errors import DataError
 from hone.training.formats import to_hone_row
 
@@ -48,21 +48,57 @@ class DataWarning(UserWarning):
 Row = dict[str, Any]
 
 
-def load_rows(paths: list[str], columns: Mapping[str, str] | None = None) -> list[Row]:
-    """Read every file or folder in `paths` into one list of rows, each in one of hone's formats: fields
-    renamed by `columns` (data.columns), rows of other tools' formats converted (training/formats.py)."""
-    rows: list[Row] = []
-    for name in paths:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise DataError(f"data file {path} does not exist: check data.train / data.eval in your config")
-        found = _read_path(path)
+def load_rows(entries: list[str | DataSource], columns: Mapping[str, str] | None = None) -> list[Row]:
+    """Read every source in `entries` (data.train / data.eval) into one list of rows, each in one of hone's
+    formats: fields renamed by `columns` (data.columns), rows of other tools' formats converted
+    (training/formats.py)."""
+    return [row for part in load_sources(entries, columns) for row in part]
+
+
+def load_sources(entries: list[str | DataSource], columns: Mapping[str, str] | None = None) -> list[list[Row]]:
+    """The rows of each source, in the order data.train lists them."""
+    parts = []
+    for source in data_sources(entries):
+        found = _read_source(source)
         if not found:
-            raise DataError(f"data file {path} holds no rows: add examples or remove it from the config")
+            raise DataError(f"data file {source.path} holds no rows: add examples or remove it from the config")
         if not isinstance(found[0], TextFileRow):  # a text file's row is its text, read only when needed
             found = [to_hone_row(row, columns or {}) for row in found]
-        rows.extend(found)
-    return rows
+        parts.append(found)
+    return parts
+
+
+def _read_source(source: DataSource) -> list[Row]:
+    path = Path(source.path).expanduser()
+    if path.exists() and not (source.split or source.subset):
+        return _read_path(path)
+    if path.is_dir() or is_hub_dataset(source.path):
+        return _read_hub_dataset(source)
+    if source.split or source.subset:
+        raise DataError(
+            f"data source {source.path}: split/subset pick a part of a hub dataset (org/name) or of a local folder "
+            "laid out like one, and this is neither; remove split and subset"
+        )
+    raise DataError(f"data file {path} does not exist: check data.train / data.eval in your config")
+
+
+def _read_hub_dataset(source: DataSource) -> list[Row]:
+    """A hub dataset (or a local folder laid out like a hub dataset repository) through `datasets`, which
+    finds its files, subsets and splits as the hub does. Rows are named "name[split]:row N"."""
+    import datasets
+
+    split = source.split or "train"
+    local = Path(source.path).is_dir()
+    try:
+        table = datasets.load_dataset(source.path, source.subset or None, split=split)
+    except Exception as err:  # offline, unknown id, no such split or subset: datasets says which
+        what = "local dataset folder" if local else "hub dataset"
+        hint = "" if local else "; a local path must exist (paths are relative to the config file)"
+        raise DataError(
+            f"data source {source.path} (split {split!r}{f', subset {source.subset!r}' if source.subset else ''}): "
+            f"the {what} did not load: {type(err).__name__}: {str(err)[:500]}{hint}"
+        ) from None
+    return [{**row, "_source": f"{source.path}[{split}]:row {i}"} for i, row in enumerate(table)]
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -330,24 +366,65 @@ def split_rows(rows: list[Row], data: DataConfig, seed: int) -> tuple[list[Row],
     """Held-out rows: a seeded fraction of the training rows, or the rows of the eval files."""
     if isinstance(data.eval, list):
         return rows, load_rows(data.eval, data.columns)
-    if len(rows) < 2:
-        raise DataError(f"{rows[0]['_source']}: one row cannot be split into train and eval; add rows or set data.eval to a file")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    num_eval = min(len(rows) - 1, max(1, round(len(rows) * data.eval)))
-    held = set(order[:num_eval])
+    held = _held_out(len(rows), data.eval, seed, rows[0]["_source"])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def _held_out(count: int, fraction: float, seed: int, where: str) -> set[int]:
+    if count < 2:
+        raise DataError(f"{where}: one row cannot be split into train and eval; add rows or set data.eval to a file")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return set(order[: min(count - 1, max(1, round(count * fraction)))])
+
+
 def read_dataset(data: DataConfig, mode: str, seed: int) -> tuple[str, list[Row], list[Row]]:
-    """Load, detect, check and split: the format, the train rows and the eval rows."""
-    rows = load_rows(data.train, data.columns)
+    """Load, detect, check, split and mix: the format, the train rows and the eval rows."""
+    parts = load_sources(data.train, data.columns)
+    rows = [row for part in parts for row in part]
     # Preference modes read one format only; naming it (rather than detecting it from the first row) makes
     # a row without 'chosen' or 'rejected' fail on that row's own line.
     requested = "preference" if mode in PREFERENCE_MODES and data.format == "auto" else data.format
     fmt = detect_format(rows, requested)
     check_rows(rows, fmt)
     check_mode(fmt, mode, rows[0]["_source"])
-    train_rows, eval_rows = split_rows(rows, data, seed)
+    train_rows, eval_rows = split_and_mix(parts, data, seed)
     check_rows(eval_rows, fmt)
     return fmt, train_rows, eval_rows
+
+
+def split_and_mix(parts: list[list[Row]], data: DataConfig, seed: int) -> tuple[list[Row], list[Row]]:
+    """The train and eval rows of the sources' rows (`parts`); with weights, the train rows mixed."""
+    train_rows, eval_rows = split_rows([row for part in parts for row in part], data, seed)
+    weights = [s.weight for s in data_sources(data.train)]
+    if any(weights):
+        # Held-out rows leave first, so a row repeated by upsampling never lands in both splits.
+        kept = {id(r) for r in train_rows}
+        train_rows = mix([[r for r in part if id(r) in kept] for part in parts], weights, seed)
+    return train_rows, eval_rows
+
+
+def mix(parts: list[list[Row]], weights: list[float], seed: int) -> list[Row]:
+    """As many rows as the parts hold together, each part giving its weight's share of them (largest
+    remainders decide the rounding): a part's rows drawn without replacement while it has enough, whole
+    repeats of it plus a draw of the rest when it has too few. The mixture comes out shuffled."""
+    total, rng = sum(len(p) for p in parts), random.Random(seed)
+    counts = shares(total, weights)
+    mixed: list[Row] = []
+    for part, count in zip(parts, counts, strict=True):
+        if count and not part:
+            raise DataError("a weighted data.train source has no training rows left after the eval split; add rows")
+        repeats, rest = divmod(count, len(part)) if part else (0, 0)
+        mixed += part * repeats + rng.sample(part, rest)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def shares(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights`, in whole numbers that add up to it (largest remainders)."""
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts

@@ -53,13 +53,18 @@ def _adapter(value: Any) -> bool:
     raise Unmapped("hone trains LoRA adapters (lora.enabled); quantized (qlora) and other adapters are not supported")
 
 
-def _dataset_paths(value: Any) -> list[str]:
-    """Axolotl's `datasets: [{path, type}, ...]` (or TRL's dataset_name): the paths; hone detects formats."""
-    entries = value if isinstance(value, list) else [value]
-    paths = [e.get("path") if isinstance(e, dict) else e for e in entries]
-    if not all(isinstance(p, str) and p for p in paths):
-        raise Unmapped("each dataset needs a path")
-    return [str(p) for p in paths]
+def _dataset_paths(value: Any) -> list[Any]:
+    """Axolotl's `datasets: [{path, type, split, name}, ...]` (or TRL's dataset_name): the paths, with the
+    split and subset (Axolotl's `name`) where given; hone detects formats, so `type` is not needed."""
+    sources: list[Any] = []
+    for entry in value if isinstance(value, list) else [value]:
+        path = entry.get("path") if isinstance(entry, dict) else entry
+        if not isinstance(path, str) or not path:
+            raise Unmapped("each dataset needs a path")
+        picked = {"split": entry.get("split"), "subset": entry.get("name")} if isinstance(entry, dict) else {}
+        picked = {k: str(v) for k, v in picked.items() if v}
+        sources.append({"path": path, **picked} if picked else path)
+    return sources
 
 
 def _flash(value: Any) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from hone.training.config import HoneConfig
+from hone.training.config import DataSource, HoneConfig, data_sources, is_hub_dataset
 from hone.training.data import folder_files, is_saved_dataset
 from hone.training.examples import Example
 from hone.training.models import CACHE_DIR, file_sha256, looks_like_path
@@ -77,10 +77,19 @@ def tokenizer_identity(source: str) -> str:
     return _digest({p.name: file_sha256(p) for p in files})
 
 
-def _data_identity(paths: list[str] | float) -> Any:
-    if not isinstance(paths, list):
-        return paths  # a held-out fraction of the train rows: part of the data settings already
-    return [{name: file_sha256(f) for name, f in _files(Path(p).expanduser())} for p in paths]
+def _data_identity(entries: list[str | DataSource] | float) -> Any:
+    if not isinstance(entries, list):
+        return entries  # a held-out fraction of the train rows: part of the data settings already
+    return [_source_identity(s) for s in data_sources(entries)]
+
+
+def _source_identity(source: DataSource) -> Any:
+    """A local source by its files' content; a hub dataset by its id, as given (like a hub model: an
+    upstream change under the same id is not seen; pin a local copy). Weight, split and subset with it."""
+    picked = {"weight": source.weight, "split": source.split, "subset": source.subset}
+    path = Path(source.path).expanduser()
+    files = source.path if is_hub_dataset(source.path) else {name: file_sha256(f) for name, f in _files(path)}
+    return files if picked == {"weight": 0.0, "split": "", "subset": ""} else {"files": files, **picked}
 
 
 def _files(path: Path) -> list[tuple[str, Path]]:

@@ -26,7 +26,7 @@ GRID = "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-3, 1e-9, 1e-10]}}"
 def _sweep_overrides(assets, out, *extra):
     return sft_overrides(
         assets, out, GRID, "tune.num_samples=1", "tune.metric=loss", "tune.mode=min", "tune.grace_period=1",
-        "tune.reduction_factor=2", "train.max_steps=24", "eval.every_steps=4", "eval.max_samples=8", *extra,
+        "tune.reduction_factor=2", "train.max_steps=16", "eval.every_steps=4", "eval.max_samples=8", *extra,
     )  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local
     assert len(trials) == 4
     by_lr = {float(t["overrides"]["optim.lr"]): t for t in trials}
     best = trials[0]
-    assert float(best["overrides"]["optim.lr"]) in (3e-3, 1e-3) and best["steps"] == 24
+    assert float(best["overrides"]["optim.lr"]) in (3e-3, 1e-3) and best["steps"] == 16
     for lr in (1e-9, 1e-10):
         assert by_lr[lr]["steps"] < best["steps"] and by_lr[lr]["stopped_early"], by_lr[lr]
     metrics = [t["metric"] for t in trials]
@@ -66,7 +66,7 @@ def test_asha_stops_the_learning_rates_that_cannot_learn(assets, tmp_path, local
 
     # best.yaml is a complete config: `hone run best.yaml` trains it again in its own dir.
     assert main(["run", str(tmp_path / "sweep" / "best.yaml")]) == 0
-    assert json.loads((tmp_path / "sweep" / "best" / "summary.json").read_text())["steps"] == 24
+    assert json.loads((tmp_path / "sweep" / "best" / "summary.json").read_text())["steps"] == 16
 
 
 def test_bad_sweeps_fail_before_any_trial(assets, tmp_path):
