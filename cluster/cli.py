@@ -68,6 +68,8 @@ def _command(args: argparse.Namespace) -> int:
         return _import_config(args)
     if args.command == "config":
         return _config(args)
+    if args.command in ("export", "chat", "serve"):
+        return _ship(args)
     loaded = load_any(args.config, args.overrides)
     if isinstance(loaded, Pipeline):
         return _pipeline(args, loaded)
@@ -89,6 +91,26 @@ def _command(args: argparse.Namespace) -> int:
     from hone.cluster.run import run
 
     run(cfg, address=args.address)
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    """hone export / chat / serve: a finished run's model, out of hone."""
+    if args.command == "chat":
+        from hone.cluster.talk import chat
+
+        return chat(args.dir, compare=args.compare, max_new_tokens=args.max_new_tokens, backend=args.backend)
+    if args.command == "serve":
+        from hone.cluster.talk import serve
+
+        serve(args.dir, args.host, args.port, args.backend)
+        return 0
+    from hone.cluster.release import export_run, push_to_hub
+
+    folder = export_run(args.dir, args.format, args.output, args.outtype)
+    print(f"hone: exported {args.dir} as {args.format} to {folder} (model card: {folder / 'README.md'})")
+    if args.push_to_hub:
+        print(f"hone: pushed to {push_to_hub(folder, args.push_to_hub)}")
     return 0
 
 
@@ -296,6 +318,27 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--from", dest="tool", choices=("trl", "axolotl"), default=None, help="whose config (default: guessed)")
     cmd.add_argument("--mode", choices=("sft", "dpo"), default="sft", help="what it trains, when the file does not say")
     cmd.add_argument("-o", "--output", default=None, help="write the hone config here (default: print it)")
+    cmd = sub.add_parser("export", help="a finished run's model as a HF dir, a LoRA adapter or GGUF, with a model card")
+    cmd.add_argument("dir", help="a finished run dir")
+    cmd.add_argument("--format", choices=("hf", "adapter", "gguf"), default="hf", help="what to write (default: hf)")
+    cmd.add_argument("--outtype", choices=("f16", "bf16", "q8_0", "f32"), default="f16", help="gguf: tensor type (default f16)")
+    cmd.add_argument("-o", "--output", default=None, help="a new folder to write (default: RUN_DIR/export/FORMAT)")
+    cmd.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload it to this hub model repository")
+    for name, text in (
+        ("chat", "talk to a finished run's model in the terminal"),
+        ("serve", "an OpenAI-compatible server of it"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("dir", help="a finished run dir")
+        cmd.add_argument(
+            "--backend", choices=("auto", "hf", "vllm"), default="auto", help="generation engine (auto: vllm if installed)"
+        )
+        if name == "chat":
+            cmd.add_argument("--compare", action="store_true", help="the base model's answer beside the tuned one's")
+            cmd.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+        else:
+            cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+            cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_k8s_parser(sub)
     add_submit_parser(sub)
     add_jobs_parser(sub)

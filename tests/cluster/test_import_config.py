@@ -71,8 +71,15 @@ def test_an_axolotl_dataset_split_and_subset_become_a_hone_source():
     from hone.training.config import DataSource
     from hone.training.peer_names import translate
 
-    axolotl = {"datasets": [{"path": "org/a", "type": "alpaca", "name": "en", "split": "train"}, {"path": "b.jsonl", "type": "chat_template"}]}
+    axolotl = {
+        "datasets": [
+            {"path": "org/a", "type": "alpaca", "name": "en", "split": "train"},
+            {"path": "b.jsonl", "type": "chat_template"},
+        ]
+    }
     config, unmapped = translate(axolotl, "axolotl")
     assert config["data"]["train"] == [{"path": "org/a", "split": "train", "subset": "en"}, "b.jsonl"] and not unmapped
-    cfg = load_config(None, ["model.source=x", f"data.train={yaml.safe_dump(config['data']['train'], default_flow_style=True).strip()}"])
+    cfg = load_config(
+        None, ["model.source=x", f"data.train={yaml.safe_dump(config['data']['train'], default_flow_style=True).strip()}"]
+    )
     assert cfg.data.train[0] == DataSource(path="org/a", split="train", subset="en")

@@ -1,0 +1,135 @@
+"""Talk to a finished run's model: `hone chat RUN_DIR` in the terminal, `hone serve RUN_DIR` over HTTP.
+
+    hone chat runs/my-run              # the tuned model; /reset forgets the conversation, /quit (or Ctrl-D) leaves
+    hone chat runs/my-run --compare    # the base model's answer to the same conversation beside it
+    hone serve runs/my-run             # an OpenAI-compatible server on http://127.0.0.1:8000/v1
+
+Both generate through hone's generation engine choice: vLLM where it is installed and runs the model,
+transformers otherwise. `hone serve` is vLLM's own OpenAI server (`vllm serve`) or `transformers serve`; hone
+adds no server of its own, only the run's model and a loopback address by default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from hone.training.errors import HoneError
+from hone.training.files import read_json
+from hone.training.generation import Backend, Engine, Sampling, make_engine, resolve_backend
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class TalkError(HoneError):
+    """A run that cannot be talked to; the message says why."""
+
+
+def run_model(run_dir: str | Path) -> tuple[Path, str]:
+    """The run's exported model dir and the base model it was tuned from (resolved to a local dir)."""
+    run = Path(run_dir)
+    summary = read_json(run / "summary.json")
+    if not summary or not (run / "model" / "config.json").is_file():
+        raise TalkError(
+            f"{run} holds no finished run with a model (no summary.json or model/); hone report {run} shows its state"
+        )
+    if summary["mode"] in ("synth", "reward"):
+        raise TalkError(f"{run} is a {summary['mode']} run: it has no model that writes replies")
+    model = Path(summary["model_path"]) if Path(summary["model_path"]).is_dir() else run / "model"
+    return model, yaml.safe_load((run / "config.yaml").read_text())["model"]["source"]
+
+
+def chat(
+    run_dir: str | Path,
+    compare: bool = False,
+    max_new_tokens: int = 256,
+    backend: Backend = "auto",
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+) -> int:
+    """A read-reply loop over one conversation; with `compare`, the base model keeps its own conversation
+    (its own replies as its history) and answers beside the tuned one."""
+    from hone.training.models import resolve_source
+
+    tuned_dir, base_source = run_model(run_dir)
+    say = _printer(stdout)
+    say(f"loading {tuned_dir}" + (f" and the base model {base_source}" if compare else "") + " ...")
+    models: dict[str, Engine] = {"tuned": make_engine(backend, str(tuned_dir))}
+    if compare:
+        models["base"] = make_engine(backend, resolve_source(base_source))
+    histories: dict[str, list[dict[str, str]]] = {name: [] for name in models}
+    say(f"chatting with {run_dir} ({models['tuned'].name} engine). /reset forgets the conversation, /quit leaves.")
+    sampling = Sampling(max_new_tokens=max_new_tokens)  # greedy: the same question gets the same answer
+    while True:
+        stdout.write("you> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            say("")
+            return 0
+        if not line.strip():
+            continue
+        if line.strip() == "/reset":
+            histories = {name: [] for name in models}
+            say("(conversation forgotten)")
+            continue
+        for name, engine in models.items():
+            histories[name].append({"role": "user", "content": line.strip()})
+            reply = engine.generate([_render(engine, histories[name])], sampling)[0].text.strip()
+            histories[name].append({"role": "assistant", "content": reply})
+            say(f"{name}> {reply}" if compare else f"model> {reply}")
+
+
+def _render(engine: Engine, history: list[dict[str, str]]) -> str:
+    tok = engine.tokenizer
+    if getattr(tok, "chat_template", None):
+        return str(tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True))
+    return "\n".join(m["content"] for m in history) + "\n"  # a base model with no template: plain text
+
+
+def _printer(stdout: TextIO) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        stdout.write(text + "\n")
+        stdout.flush()
+
+    return say
+
+
+def serve_command(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> list[str]:
+    """The server command line for the run's model: vLLM's OpenAI server, or `transformers serve`."""
+    model, _ = run_model(run_dir)
+    name, why = resolve_backend(backend)
+    if name == "vllm":
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+    transformers = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+    if not transformers:
+        raise TalkError("`transformers serve` is not installed (pip install 'transformers[serving]'), and neither is vllm")
+    return [transformers, "serve", str(model), "--host", host, "--port", str(port)]
+
+
+def serve(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> Any:
+    """Replace this process by the server (so Ctrl-C and signals reach it directly)."""
+    command = serve_command(run_dir, host, port, backend)
+    model, _ = run_model(run_dir)
+    if host not in LOOPBACK:
+        print(
+            f"hone: serving on {host}: the server has no authentication; anyone who reaches the port can use it", file=sys.stderr
+        )
+    print(f"hone: serving {model} at http://{host}:{port}/v1 (OpenAI-compatible; model name: {model})", flush=True)
+    os.execv(command[0], command)
