@@ -92,8 +92,13 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
 def answer_metrics(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -> dict[str, float]:
     """Greedy answers to held-out questions, scored as sft's evaluation scores them (exact_match, contains,
     per group): the one yardstick a pipeline applies to its base model and to every stage's export."""
+    return reply_metrics(answer_replies(cfg, model_dir, rows, fmt))
+
+
+def answer_replies(cfg: HoneConfig, model_dir: str, rows: list[Row], fmt: str) -> list[dict[str, Any]]:
+    """`scored_replies` of the model in `model_dir`, loaded whole in this process."""
     tokenizer, model = _load(cfg, model_dir, "causal")
-    return generation_metrics(model, tokenizer, rows, fmt, cfg)
+    return scored_replies(model, tokenizer, rows, fmt, cfg)
 
 
 RETENTION_WINDOW = 256  # tokens per window of the retention text
