@@ -37,11 +37,11 @@ class RunDirError(HoneError, RuntimeError):
     """The output dir cannot be used for this run; nothing in it was changed."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -62,8 +62,8 @@ def _session_free(value: Any) -> Any:
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    defaults = _flatten(to_dict(HoneConfig()))
+    a, b = flatten(old), flatten(new)
+    defaults = flatten(to_dict(HoneConfig()))
 
     def differs(key: str) -> bool:
         if key in RESUMABLE_CHANGES:

@@ -292,8 +292,25 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class TensorBoardConfig:
+    # TensorBoard event files in output_dir/tensorboard: `tensorboard --logdir runs` shows every run.
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    # Empty experiment: no MLflow run. Otherwise one MLflow run per hone run in this experiment.
+    experiment: str = ""
+    # Where MLflow keeps runs: "" is $MLFLOW_TRACKING_URI, else a local file store `mlruns` beside the run
+    # dir (runs/mlruns for runs/my-run, so runs side by side share it; `mlflow ui --backend-store-uri`).
+    tracking_uri: str = ""
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,10 @@ def test_unplaceable_strategy_fails_within_the_timeout(assets, tmp_path):
 def test_wandb_offline_run_files(assets, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     out = tmp_path / "tracked"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     extra = ("train.max_steps=4", "tracking.wandb.project=hone-tests", "tracking.wandb.tags=[ci]")
-    summary = run(load_config(None, sft_overrides(assets, out, *extra)))
+    more = ("tracking.tensorboard.enabled=true", "tracking.mlflow.experiment=hone-tests")  # beside W&B, the same
+    summary = run(load_config(None, sft_overrides(assets, out, *extra, *more)))
     [offline] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     logged = read_run(offline)
     assert logged["config"]["optim"]["lr"] == 3e-3 and logged["config"]["_tags"] == ["ci"]
@@ -141,3 +143,15 @@ def test_wandb_offline_run_files(assets, tmp_path, monkeypatch):
     assert logged["summary"]["eval/before/loss"] == summary["eval"]["before"]["loss"]
     assert logged["summary"]["eval/after/exact_match"] == summary["eval"]["after"]["exact_match"]
     assert logged["summary"]["eval/before_after/_type"] == "table-file"
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert events.Scalars("eval/after/loss")[0].value == pytest.approx(summary["eval"]["after"]["loss"])
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    [tracked] = client.search_runs([client.get_experiment_by_name("hone-tests").experiment_id])
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "train/loss")] == [1, 2, 3, 4]
+    assert tracked.data.metrics["eval/before/loss"] == pytest.approx(summary["eval"]["before"]["loss"])
