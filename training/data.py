@@ -70,7 +70,7 @@ def load_sources(entries: list[str | DataSource], columns: Mapping[str, str] | N
 
 def _read_source(source: DataSource) -> list[Row]:
     path = Path(source.path).expanduser()
-    if path.exists() and not (source.split or source.subset):
+    if path.exists() and not (source.split or source.subset or hub_layout(path)):
         return _read_path(path)
     if path.is_dir() or is_hub_dataset(source.path):
         return _read_hub_dataset(source)
@@ -80,6 +80,16 @@ def _read_source(source: DataSource) -> list[Row]:
             "laid out like one, and this is neither; remove split and subset"
         )
     raise DataError(f"data file {path} does not exist: check data.train / data.eval in your config")
+
+
+def hub_layout(path: Path) -> bool:
+    """A folder laid out like a hub dataset repository: its README.md (the dataset card) starts with a YAML
+    header naming `configs` or `dataset_info`. Its data is where the card says, not the README's text."""
+    card = path / "README.md"
+    if not (path.is_dir() and card.is_file()):
+        return False
+    header = card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
+    return header.startswith("---") and ("\nconfigs:" in header or "\ndataset_info:" in header)
 
 
 def _read_hub_dataset(source: DataSource) -> list[Row]:
@@ -93,7 +103,8 @@ def _read_hub_dataset(source: DataSource) -> list[Row]:
         table = datasets.load_dataset(source.path, source.subset or None, split=split)
     except Exception as err:  # offline, unknown id, no such split or subset: datasets says which
         what = "local dataset folder" if local else "hub dataset"
-        hint = "" if local else "; a local path must exist (paths are relative to the config file)"
+        hint = "; a subset or split it names goes into the data source: {path: ..., subset: ..., split: ...}"
+        hint += "" if local else "; a local path must exist (paths are relative to the config file)"
         raise DataError(
             f"data source {source.path} (split {split!r}{f', subset {source.subset!r}' if source.subset else ''}): "
             f"the {what} did not load: {type(err).__name__}: {str(err)[:500]}{hint}"
@@ -107,10 +118,10 @@ def is_saved_dataset(path: Path) -> bool:
 
 def folder_files(path: Path, suffixes: set[str] = TEXT_SUFFIXES) -> list[Path]:
     """The files a data folder contributes: its .txt and .md files (`suffixes`; every file of a saved
-    `datasets` dir), never hidden ones (.env, .git/...), and never through a symlink that leads out of the
+    `datasets` dir or of a folder laid out like a hub dataset repository), never hidden ones (.env, .git/...), and never through a symlink that leads out of the
     folder. `hone submit` ships exactly these, so a job carries what the run reads and nothing else."""
     root = path.resolve()
-    saved = is_saved_dataset(path)
+    saved = is_saved_dataset(path) or hub_layout(path)  # every file: the data is where its metadata says
     files = []
     for p in sorted(path.rglob("*")):
         if any(part.startswith(".") for part in p.relative_to(path).parts) or not p.is_file():

@@ -52,7 +52,9 @@ def test_serve_runs_vllms_openai_server_on_the_runs_model(tmp_path):
                 time.sleep(1)
         assert listed["data"][0]["owned_by"] == "vllm"
         prompt = "<user> copy a b c [EOS] <assistant>"
-        reply = OpenAI(base_url=url, api_key="none").completions.create(model=str(model), prompt=prompt, max_tokens=6, temperature=0)
+        reply = OpenAI(base_url=url, api_key="none").completions.create(
+            model=str(model), prompt=prompt, max_tokens=6, temperature=0
+        )
         expected = HfEngine.load(str(model), dtype="float32").generate([prompt], Sampling(max_new_tokens=6))[0]
         assert reply.choices[0].text.strip() == expected.text.strip()
     finally:

@@ -102,6 +102,11 @@ def test_a_local_hub_layout_is_read_by_subset_and_split(tmp_path):
     assert train[0]["_source"] == f"{repo}[train]:row 0"
     with pytest.raises(DataError, match=r"repo \(split 'train', subset 'nope'\): the local dataset folder did not load"):
         read_dataset(_data(f"data.train=[{{path: {repo}, subset: nope}}]"), "sft", seed=0)
+    # named as a plain path, its card still decides (not read as a folder of .md text): datasets asks which subset
+    with pytest.raises(
+        DataError, match=r"(?s)repo \(split 'train'\): the local dataset folder did not load: .*letters.*; a subset or split"
+    ):
+        read_dataset(_data(f"data.train=[{repo}]"), "sft", seed=0)
 
 
 def test_a_hub_id_stays_an_id_and_fails_by_name_without_the_hub(tmp_path):
@@ -138,3 +143,9 @@ def test_hub_ids_travel_as_ids_and_sources_key_the_token_cache(tmp_path):
         for w in (1, 2)
     }
     assert len(keys) == 2 and os.path.exists(a)
+    # a hub-layout folder is keyed by its data files, not only its card
+    repo = hub_folder(tmp_path / "repo")
+    source = f"data.train=[{{path: {repo}, subset: letters}}]"
+    before = cache_key(load_config(None, ["model.source=x", source]))
+    write_jsonl(repo / "letters" / "train.jsonl", [{"prompt": [], "completion": []}])
+    assert cache_key(load_config(None, ["model.source=x", source])) != before
