@@ -107,7 +107,7 @@ def _ship(args: argparse.Namespace) -> int:
         return 0
     from hone.cluster.release import export_run, push_to_hub
 
-    folder = export_run(args.dir, args.format, args.output, args.outtype)
+    folder = export_run(args.dir, args.format, args.output, args.outtype, not args.no_recall_check, args.questions)
     print(f"hone: exported {args.dir} as {args.format} to {folder} (model card: {folder / 'README.md'})")
     if args.push_to_hub:
         print(f"hone: pushed to {push_to_hub(folder, args.push_to_hub)}")
@@ -324,6 +324,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--outtype", choices=("f16", "bf16", "q8_0", "f32"), default="f16", help="gguf: tensor type (default f16)")
     cmd.add_argument("-o", "--output", default=None, help="a new folder to write (default: RUN_DIR/export/FORMAT)")
     cmd.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload it to this hub model repository")
+    cmd.add_argument(
+        "--questions", default=None, metavar="FILE", help="gguf: the questions to ask it (default: an sft run's eval split)"
+    )
+    cmd.add_argument("--no-recall-check", action="store_true", help="gguf: do not ask the held-out questions of the file")
     for name, text in (
         ("chat", "talk to a finished run's model in the terminal"),
         ("serve", "an OpenAI-compatible server of it"),

@@ -43,9 +43,18 @@ class ExportError(HoneError):
     """An export that cannot be made; the message says why and what to do."""
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, outtype: str = "f16") -> Path:
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    outtype: str = "f16",
+    recall_check: bool = True,
+    questions: str | None = None,
+) -> Path:
     """Write the run's model in `fmt` to `out` (default RUN_DIR/export/<fmt>) with a README.md model card;
-    the path written. An existing `out` is never overwritten."""
+    the path written. An existing `out` is never overwritten. A GGUF export is read back and asked the
+    run's held-out questions (or `questions`, a file of them) beside the HF model, unless `recall_check`
+    is off: the difference goes to the terminal and the card."""
     run = Path(run_dir)
     summary, config = _finished_run(run)
     target = Path(out) if out else run / "export" / (f"gguf-{outtype}" if fmt == "gguf" else fmt)
@@ -61,8 +70,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, out
                 raise ExportError(f"{run} trained full weights (lora.enabled was false): there is no adapter; use --format hf")
             shutil.copytree(model / "adapter", staging, dirs_exist_ok=True)
         else:
-            to_gguf(model, staging / f"{run.resolve().name}-{outtype}.gguf", outtype)
-        write_text(staging / "README.md", model_card(run, summary, config, fmt))
+            gguf = to_gguf(model, staging / f"{run.resolve().name}-{outtype}.gguf", outtype)
+        card = model_card(run, summary, config, fmt)
+        if fmt == "gguf" and recall_check:
+            said = gguf_recall(run, model, gguf, outtype, questions)
+            print(f"hone: {said}")
+            card += f"\n## GGUF round trip\n\n{said}\n"
+        write_text(staging / "README.md", card)
         staging.rename(target)  # whole or not at all: a failed export leaves nothing that looks finished
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -145,6 +159,38 @@ def fetch_converter(root: Path) -> None:
                 member.name = member.name[len(prefix) :]
             archive.extractall(staging, members=wanted, filter="data")
         staging.rename(root)
+
+
+def gguf_recall(run: Path, model: Path, gguf: Path, outtype: str, questions: str | None = None) -> str:
+    """The run's held-out questions (an sft run's eval split as its evaluation asked them, or a questions
+    file) asked greedily of the HF model and of the GGUF file read back as hone reads GGUF (dequantized by
+    transformers); one line saying what each scored and how many answers changed."""
+    from hone.training.config import load_config
+    from hone.training.data import detect_format, load_rows, read_dataset
+    from hone.training.evaluate import answer_replies, reply_metrics
+    from hone.training.models import resolve_source
+
+    # a questions file is asked whole; the run's own eval split as many as its evaluation asked
+    cfg = load_config(str(run / "config.yaml"), ["eval.max_samples=0"] if questions else [])
+    try:
+        if questions:
+            rows = load_rows([questions])
+            fmt = detect_format(rows, "auto")
+        elif cfg.mode == "sft":
+            fmt, _, rows = read_dataset(cfg.data, cfg.mode, cfg.seed)
+        else:
+            return f"no recall check: a {cfg.mode} run has no held-out questions; pass --questions FILE to ask some"
+    except HoneError as err:  # the run's data moved or changed since: the export itself is still good
+        return f"no recall check: the questions could not be read ({err}); pass --questions FILE"
+    hf = answer_replies(cfg, str(model), rows, fmt)
+    back = answer_replies(cfg, resolve_source(str(gguf)), rows, fmt)
+    a, b = reply_metrics(hf), reply_metrics(back)
+    changed = sum(x["reply"] != y["reply"] for x, y in zip(hf, back, strict=True))
+    return (
+        f"asked {len(hf)} held-out questions of both: HF model exact match {100 * a['exact_match']:.1f}% | contains "
+        f"{100 * a['contains']:.1f}%, GGUF {outtype} {100 * b['exact_match']:.1f}% | {100 * b['contains']:.1f}% "
+        f"(contains {100 * (b['contains'] - a['contains']):+.1f} points); {changed} answer(s) changed"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

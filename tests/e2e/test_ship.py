@@ -89,6 +89,10 @@ def test_export_writes_hf_adapter_and_gguf_that_give_the_runs_model_back(finishe
     adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     assert torch.allclose(_logits(adapted, ids), reference, atol=1e-4)
 
+    # the GGUF was read back and asked the run's held-out questions beside the HF model (the line says so)
+    said = [line for line in capsys.readouterr().out.splitlines() if "held-out questions of both" in line]
+    assert len(said) == 1 and "GGUF f16" in said[0] and "answer(s) changed" in said[0], said
+    assert said[0].removeprefix("hone: ") in (tmp_path / "gguf" / "README.md").read_text()
     [gguf] = list((tmp_path / "gguf").glob("*.gguf"))
     assert gguf.name == "run-f16.gguf"
     back = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()  # dequantized by transformers
