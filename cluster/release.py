@@ -56,11 +56,10 @@ def export_run(
     run's held-out questions (or `questions`, a file of them) beside the HF model, unless `recall_check`
     is off: the difference goes to the terminal and the card."""
     run = Path(run_dir)
-    summary, config = _finished_run(run)
+    summary, config, model = finished_run(run)
     target = Path(out) if out else run / "export" / (f"gguf-{outtype}" if fmt == "gguf" else fmt)
     if target.exists():
         raise ExportError(f"{target} already exists; remove it or pass -o with a new folder (hone never overwrites an export)")
-    model = Path(summary["model_path"]) if Path(summary["model_path"]).is_dir() else run / "model"
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=_existing_parent(target)))
     try:
         if fmt == "hf":
@@ -83,13 +82,21 @@ def export_run(
     return target
 
 
-def _finished_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def finished_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """A finished run's summary, saved config and model dir (export, chat and serve start here); an error
+    saying why for anything else."""
+    run = Path(run_dir)
     summary = read_json(run / "summary.json")
-    if not summary:
-        raise ExportError(f"{run} holds no summary.json: it is not a finished hone run (hone report {run} shows its state)")
+    if not summary or not (run / "model" / "config.json").is_file():
+        raise ExportError(
+            f"{run} holds no finished run with a model (no summary.json or model/); hone report {run} shows its state"
+        )
     if summary["mode"] in ("synth", "reward"):
-        raise ExportError(f"{run} is a {summary['mode']} run; export makes a generating model of sft, pretrain, dpo and rl runs")
-    return summary, yaml.safe_load((run / "config.yaml").read_text())
+        raise ExportError(
+            f"{run} is a {summary['mode']} run: it has no model that writes text (sft, pretrain, dpo and rl runs do)"
+        )
+    model = Path(summary["model_path"]) if Path(summary["model_path"]).is_dir() else run / "model"
+    return summary, yaml.safe_load((run / "config.yaml").read_text()), model
 
 
 def _existing_parent(target: Path) -> Path:

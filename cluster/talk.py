@@ -18,10 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from hone.training.errors import HoneError
-from hone.training.files import read_json
 from hone.training.generation import Backend, Engine, Sampling, make_engine, resolve_backend
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -32,17 +29,11 @@ class TalkError(HoneError):
 
 
 def run_model(run_dir: str | Path) -> tuple[Path, str]:
-    """The run's exported model dir and the base model it was tuned from (resolved to a local dir)."""
-    run = Path(run_dir)
-    summary = read_json(run / "summary.json")
-    if not summary or not (run / "model" / "config.json").is_file():
-        raise TalkError(
-            f"{run} holds no finished run with a model (no summary.json or model/); hone report {run} shows its state"
-        )
-    if summary["mode"] in ("synth", "reward"):
-        raise TalkError(f"{run} is a {summary['mode']} run: it has no model that writes replies")
-    model = Path(summary["model_path"]) if Path(summary["model_path"]).is_dir() else run / "model"
-    return model, yaml.safe_load((run / "config.yaml").read_text())["model"]["source"]
+    """The run's exported model dir and the base model it was tuned from."""
+    from hone.cluster.release import finished_run
+
+    _, config, model = finished_run(run_dir)
+    return model, config["model"]["source"]
 
 
 def chat(
@@ -101,9 +92,8 @@ def _printer(stdout: TextIO) -> Callable[[str], None]:
     return say
 
 
-def serve_command(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> list[str]:
-    """The server command line for the run's model: `vllm serve`, or `transformers serve`."""
-    model, _ = run_model(run_dir)
+def serve_command(model: Path, host: str, port: int, backend: Backend = "auto") -> list[str]:
+    """The server command line for a model dir: vLLM's OpenAI server, or `transformers serve`."""
     name, _ = resolve_backend(backend)
     where = ["--host", host, "--port", str(port)]
     if name == "vllm":
@@ -125,8 +115,8 @@ def serve_command(run_dir: str | Path, host: str, port: int, backend: Backend = 
 
 def serve(run_dir: str | Path, host: str, port: int, backend: Backend = "auto") -> Any:
     """Replace this process by the server (so Ctrl-C and signals reach it directly)."""
-    command = serve_command(run_dir, host, port, backend)
     model, _ = run_model(run_dir)
+    command = serve_command(model, host, port, backend)
     if host not in LOOPBACK:
         print(
             f"hone: serving on {host}: the server has no authentication; anyone who reaches the port can use it", file=sys.stderr
