@@ -110,9 +110,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:  # t
 
 
 def pipeline_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] = ()) -> Pipeline:  # type: ignore[assignment]
-    resolve_paths(raw, path.parent, PipelineFile)
+    _resolve_all(raw, path.parent)  # paths in the file are relative to the file,
     for item in overrides:
         apply_override(raw, item)
+    _resolve_all(raw, Path.cwd())  # and those given on the command line to the working directory
     try:
         spec: PipelineFile = build(PipelineFile, raw, prefix="")
     except ConfigError as err:
@@ -130,6 +131,17 @@ def pipeline_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] = ()
         done = {s.name: Path(s.config.output_dir) for s in stages}
         answer_eval = replace(answer_eval, probes=str(_stage_file(answer_eval.probes, done, f"{path}: eval.probes")))
     return Pipeline(path, out, stages, answer_eval)
+
+
+def _resolve_all(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a pipeline mapping absolute against `base`: its own keys, the defaults and
+    every inline stage (a stage file resolves its own paths when read). Absolute paths stay as they are."""
+    resolve_paths(raw, base, PipelineFile)
+    if isinstance(raw.get("defaults"), dict):
+        resolve_paths(raw["defaults"], base)
+    for entry in raw.get("stages") or []:
+        if isinstance(entry, dict):
+            resolve_paths(entry, base)
 
 
 def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
@@ -155,7 +167,7 @@ def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
 
 
 def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
-    defaults = resolve_paths(copy.deepcopy(spec.defaults), path.parent)
+    defaults = copy.deepcopy(spec.defaults)
     stages: list[Stage] = []
     for index, entry in enumerate(spec.stages):
         stage_raw, where = _stage_raw(entry, index, path)
@@ -211,7 +223,7 @@ def _stage_raw(entry: Any, index: int, path: Path) -> tuple[dict[str, Any], str]
         stage_path = Path(entry) if Path(entry).is_absolute() else path.parent / entry
         return read_raw(stage_path), f"{where} ({stage_path})"
     if isinstance(entry, dict):
-        return resolve_paths(copy.deepcopy(entry), path.parent), where
+        return copy.deepcopy(entry), where
     raise ConfigError(f"{where}: a stage is a config file path or a mapping of config keys, got {entry!r}")
 
 

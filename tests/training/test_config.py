@@ -65,6 +65,30 @@ def test_yaml_paths_are_relative_to_the_config_file(tmp_path):
     assert cfg.optim.lr == 1e-4  # YAML reads 1e-4 as a string; the schema makes it a float
 
 
+def test_pipeline_paths_follow_where_they_are_written(tmp_path, monkeypatch):
+    """In the pipeline file: relative to the file. On the command line: relative to the working directory
+    (`defaults.model.source=.venv/.../x.gguf` once became <pipeline folder>/.venv/...)."""
+    from hone.cluster.pipeline import load_pipeline
+
+    folder, cwd = tmp_path / "pipe", tmp_path / "work"
+    folder.mkdir()
+    cwd.mkdir()
+    (folder / "p.yaml").write_text(
+        "defaults: {model: {source: ./base}}\n"
+        "stages:\n  - {name: a, mode: pretrain, data: {train: [a.txt]}}\n"
+        "  - {name: b, mode: pretrain, model: {source: previous}, data: {train: [b.txt]}}\n"
+    )
+    monkeypatch.chdir(cwd)
+    plain = load_pipeline(folder / "p.yaml")
+    assert plain.stages[0].config.model.source == str(folder / "base")
+    assert plain.stages[1].config.data.train == [str(folder / "b.txt")]
+    overridden = load_pipeline(folder / "p.yaml", ["defaults.model.source=./mine", "stages.b.data.train=[c.txt]"])
+    assert overridden.stages[0].config.model.source == str(cwd / "mine")
+    assert overridden.stages[0].config.data.train == [str(folder / "a.txt")]
+    assert overridden.stages[1].config.data.train == [str(cwd / "c.txt")]
+    assert overridden.stages[1].config.model.source == "previous"
+
+
 def test_bad_yaml_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
