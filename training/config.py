@@ -205,6 +205,10 @@ class TrainConfig:
     # otherwise make the model overconfident on all text: on the handbook quickstart the loss on general
     # text rose 26%, most of it recoverable by a softer temperature. 0.1 is the usual value.
     label_smoothing: float = 0.0
+    # NEFTune (Jain et al., 2023; TRL's and Axolotl's neftune_noise_alpha): while training, add uniform noise
+    # of scale alpha / sqrt(sequence length x hidden size) to the input embeddings, so the model cannot
+    # lean on the exact surface of each prompt. 0 turns it off; the paper uses 5 to 15.
+    neftune_alpha: float = 0.0
     # Recompute each block's activations in the backward pass instead of keeping them: activation memory
     # drops from every layer's to about one layer's, for roughly a third more compute per step. The same
     # loss and gradients (tests/e2e/test_memory_switches.py).
@@ -787,7 +791,7 @@ def check(cfg: HoneConfig) -> None:
     _positive(cfg, "optim.lr", "lora.rank", "lora.alpha", "checkpoint.keep", "scaling.placement_timeout_s")
     _non_negative(cfg, "train.max_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip")
     _non_negative(cfg, "checkpoint.every_steps", "eval.every_steps", "eval.max_samples", "scaling.max_failures")
-    _non_negative(cfg, "checkpoint.every_minutes", "train.label_smoothing")
+    _non_negative(cfg, "checkpoint.every_minutes", "train.label_smoothing", "train.neftune_alpha")
     _require(cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "use a value in [0, 1), e.g. 0.1")
     _non_negative(cfg, "deepspeed.param_persistence_threshold")
     _non_negative(cfg, "deepspeed.max_live_parameters")

@@ -146,7 +146,14 @@ def _epoch_ends(cfg: HoneConfig, plan: TrainPlan, step: int) -> bool:
 
 
 def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
-    from hone.training.models import add_lora, compile_blocks, enable_gradient_checkpointing, load_for_engine, load_tokenizer
+    from hone.training.models import (
+        add_embedding_noise,
+        add_lora,
+        compile_blocks,
+        enable_gradient_checkpointing,
+        load_for_engine,
+        load_tokenizer,
+    )
 
     cfg = plan.config
     tokenizer = load_tokenizer(cfg.model, plan.resolved_model, cfg.data.chat_template)
@@ -155,6 +162,8 @@ def _build_engine(plan: TrainPlan) -> tuple[Any, Any]:
         enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora, plan.kind)
+    if cfg.train.neftune_alpha:
+        add_embedding_noise(model, cfg.train.neftune_alpha)
     if cfg.train.compile:
         compile_blocks(model)
     return initialize_engine(model, cfg, plan.total_steps), tokenizer

@@ -7,6 +7,7 @@ A GGUF file is converted once to a plain Hugging Face directory and cached: conv
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from pathlib import Path
@@ -294,6 +295,25 @@ def add_lora(module: Any, lora: LoraConfig, kind: str) -> Any:
         task_type={"causal": TaskType.CAUSAL_LM, "reward": TaskType.SEQ_CLS}.get(kind),
     )
     return get_peft_model(module, peft_config)
+
+
+def neftune_noise(embeds: Any, alpha: float) -> Any:
+    """NEFTune's noise for a batch of input embeddings (batch, length, hidden): uniform in
+    +-alpha / sqrt(length x hidden), so its expected norm over a sequence does not grow with its size."""
+    import torch
+
+    scale = alpha / math.sqrt(embeds.shape[-2] * embeds.shape[-1])
+    return torch.empty_like(embeds).uniform_(-scale, scale)
+
+
+def add_embedding_noise(module: Any, alpha: float) -> None:
+    """Add `neftune_noise` to the input embeddings' output in training mode (evaluation and generation,
+    in eval mode, see the embeddings as they are)."""
+
+    def hook(layer: Any, inputs: Any, output: Any) -> Any:
+        return output + neftune_noise(output, alpha) if layer.training else output
+
+    hf_model(module).get_input_embeddings().register_forward_hook(hook)
 
 
 def compile_blocks(module: Any) -> int:

@@ -111,6 +111,7 @@ COMMON: dict[str, tuple[str, Convert]] = {
     "lora_r": ("lora.rank", _same),
     "lora_alpha": ("lora.alpha", _same),
     "lora_dropout": ("lora.dropout", _same),
+    "neftune_noise_alpha": ("train.neftune_alpha", _same),
     "lora_target_modules": ("lora.target_modules", _same),
     "attn_implementation": ("model.attn_implementation", _same),
     "trust_remote_code": ("model.trust_remote_code", _same),

@@ -31,6 +31,7 @@ PEERS = Path(__file__).parent.parent / "peer_configs"
                 "train.micro_batch_per_device": 2,
                 "data.max_seq_len": 2048,
                 "lora.enabled": True,
+                "train.neftune_alpha": 5,
                 "data.eval": 0.1,
             },
             {"optimizer", "special_tokens", "pad_to_sequence_len", "eval_sample_packing", "evals_per_epoch", "saves_per_epoch"},
