@@ -798,6 +798,12 @@ def check(cfg: HoneConfig) -> None:
     _positive(cfg, "scaling.collective_timeout_s")
     z = cfg.deepspeed.zero_stage
     _require(z in (0, 1, 2, 3), "deepspeed.zero_stage", z, "use 0, 1, 2 or 3")
+    _require(
+        cfg.mode != "rl" or not cfg.train.neftune_alpha,
+        "train.neftune_alpha",
+        cfg.train.neftune_alpha,
+        "the rl policy trains on its own sampled answers, without NEFTune; remove train.neftune_alpha",
+    )
     if cfg.train.compile:
         _require(cfg.mode != "rl", "train.compile", True, "the rl policy is not compiled yet; remove train.compile")
         _require(

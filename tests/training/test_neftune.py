@@ -39,6 +39,9 @@ def test_noise_only_while_training(tmp_path):
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-def test_a_negative_alpha_is_refused():
+def test_a_negative_alpha_or_one_for_rl_is_refused():
     with pytest.raises(ConfigError, match="train.neftune_alpha"):
         load_config(None, ["model.source=/m", "data.train=[/d.txt]", "train.neftune_alpha=-1"])
+    rl = ["mode=rl", "rl.rewards=[{type: exact_match, field: answer}]"]
+    with pytest.raises(ConfigError, match="without NEFTune; remove train.neftune_alpha"):
+        load_config(None, ["model.source=/m", "data.train=[/d.jsonl]", "train.neftune_alpha=5", *rl])
