@@ -167,11 +167,10 @@ def _check_answer_spec(spec: AnswerEval, path: Path) -> None:
 
 
 def _stages(spec: PipelineFile, out: Path, path: Path) -> list[Stage]:
-    defaults = copy.deepcopy(spec.defaults)
     stages: list[Stage] = []
     for index, entry in enumerate(spec.stages):
         stage_raw, where = _stage_raw(entry, index, path)
-        merged = _merge(defaults, stage_raw)
+        merged = _merge(spec.defaults, stage_raw)  # a deep copy of the defaults under the stage's own keys
         name = str(merged.pop("name", None) or merged.get("mode", "sft"))
         merged.setdefault("output_dir", str(out / f"{index + 1}-{name}"))
         if spec.overwrite:
