@@ -77,11 +77,11 @@ def test_bad_sweeps_fail_before_any_trial(assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(
-    assets, tmp_path, local_ray, busy_neighbour
-):  # another run trains meanwhile
+def test_pbt_restarts_the_weak_trial_from_a_copy_of_the_strong_one(assets, tmp_path, local_ray):
     """Two trials, one whose learning rate cannot learn: PBT replaces its model by a copy of the other's at a
-    scored checkpoint, and it goes on from there with its own (perturbed) learning rate."""
+    scored checkpoint, and it goes on from there with its own (perturbed) learning rate. (No neighbouring run
+    here: a sweep kills nothing by pid or by the state API; tests/e2e/test_resume.py's worker kill, which
+    does, runs beside one, and tests/faults/test_concurrent_runs.py runs two embedded clusters at once.)"""
     sweep = tmp_path / "pbt"
     overrides = sft_overrides(
         assets, sweep, "tune.space={optim.lr: {type: grid, values: [3e-3, 1e-9]}}", "tune.num_samples=1",
