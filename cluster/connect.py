@@ -45,6 +45,18 @@ def _ray_tmp() -> str:
     return base
 
 
+HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+def prompt_health_checks() -> None:
+    """Ray Train's controller notices that its worker group started, finished or failed at its next health
+    check, every 2 s by default: every run, pipeline stage and sharded evaluation waited for it (a 3-step
+    run on a connected 2-core cluster: 16.5 s at 2 s, 13.5 s at 0.5 s). Ray passes the setting from the
+    process that calls fit() to the controller and its workers; 0.5 s keeps the polling light on large
+    groups, and a value the user exported is kept (docs/cluster.md)."""
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL, "0.5")
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Join `address`, or start a fresh local cluster that ends with the run.
@@ -54,11 +66,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     """
     import ray
 
-    # Ray Train's controller notices that its worker group started, finished or failed at its next health
-    # check, every 2 s by default: every run, pipeline stage and sharded evaluation waited for it (a 3-step
-    # run on a connected 2-core cluster: 16.5 s at 2 s, 13.5 s at 0.5 s). Ray passes the setting from the
-    # process that calls fit() to the controller and its workers; 0.5 s keeps the polling light on large groups.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    prompt_health_checks()
     if ray.is_initialized():
         yield
         return
