@@ -52,7 +52,7 @@ class TrainPlan:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's train_func; `loop_config` is `by_reference({"plan": TrainPlan})` (training/handoff.py)."""
+    """Ray Train's train_func; `loop_config` is {"plan": TrainPlan}."""
     started = time.perf_counter()
     plan: TrainPlan = dereference(loop_config)["plan"]
     cfg = plan.config
