@@ -37,10 +37,9 @@ def free_address() -> tuple[str, int]:
 
 class PolicyWorker(Located):
     def __init__(self, cfg: HoneConfig, resolved: str, rank: int, world: int, total_steps: int) -> None:
-        from hone.training.ds_config import import_deepspeed
-
         self.cfg = cfg
-        import_deepspeed(self.cfg.scaling.use_gpu)
+        if not self.cfg.scaling.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         import torch
 
         take_turns = not self.cfg.rl.async_rollout and not self.cfg.scaling.use_gpu

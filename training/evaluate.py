@@ -62,11 +62,12 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     then freed); `job(model, tokenizer, shard=..., **args)` splits its work over the ranks and returns the
     same result on each. Every rank reports to the driver's RunLog the result, and how many of its
     parameters it held only a partition of."""
-    from hone.training.ds_config import import_deepspeed
+    import os
 
     loop_config = dereference(loop_config)
     cfg: HoneConfig = loop_config["args"]["cfg"]
-    import_deepspeed(cfg.scaling.use_gpu)
+    if not cfg.scaling.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
     import ray
     import ray.train
     import torch

@@ -24,7 +24,7 @@ from typing import Any
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
-from hone.training.ds_config import cpu_autocast, engine_config, import_deepspeed, initialize_engine
+from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
 from hone.training.evaluate import heldout_loss
 from hone.training.forward import step_loss_sum, step_target_count
 from hone.training.handoff import dereference
@@ -56,7 +56,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     plan: TrainPlan = dereference(loop_config)["plan"]
     cfg = plan.config
-    import_deepspeed(cfg.scaling.use_gpu)
+    if not cfg.scaling.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
     import ray
     import ray.train
     import torch
