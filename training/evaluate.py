@@ -19,7 +19,6 @@ from hone.training.batches import collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, Row, normalize_answer
 from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
-from hone.training.handoff import dereference
 from hone.training.shards import ALONE, Shard
 from hone.training.tokens import Example, generation_prompt, reference_completion
 
@@ -64,7 +63,6 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     parameters it held only a partition of."""
     import os
 
-    loop_config = dereference(loop_config)
     cfg: HoneConfig = loop_config["args"]["cfg"]
     if not cfg.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported

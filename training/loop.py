@@ -27,7 +27,6 @@ from hone.training.data import PREFERENCE_MODES
 from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
 from hone.training.evaluate import heldout_loss
 from hone.training.forward import step_loss_sum, step_target_count
-from hone.training.handoff import dereference
 from hone.training.shards import Shard
 from hone.training.token_cache import TokenTable
 from hone.training.tokens import Example
@@ -54,7 +53,7 @@ class TrainPlan:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's train_func; `loop_config` is {"plan": TrainPlan}."""
     started = time.perf_counter()
-    plan: TrainPlan = dereference(loop_config)["plan"]
+    plan: TrainPlan = loop_config["plan"]
     cfg = plan.config
     if not cfg.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
