@@ -34,6 +34,7 @@ from hone.cluster.tracking import Tracker
 from hone.training.config import HoneConfig
 from hone.training.errors import HoneError
 from hone.training.files import read_json, write_json
+from hone.training.handoff import by_reference
 from hone.training.prepare import Prepared, attach_reference, prepare
 from hone.training.token_cache import TokenTable
 
@@ -100,7 +101,7 @@ def sharded_job(cfg: HoneConfig, model_dir: str, kind: str, job: Any, args: dict
     started = time.time()
     trainer = TorchTrainer(
         on_sharded_model,
-        train_loop_config={"job": job, "model_dir": model_dir, "kind": kind, "args": args, "log": log},
+        train_loop_config=by_reference({"job": job, "model_dir": model_dir, "kind": kind, "args": args, "log": log}),
         torch_config=TorchConfig(timeout_s=int(cfg.scaling.collective_timeout_s)),
         scaling_config=_worker_group(cfg),
         run_config=RunConfig(
@@ -207,7 +208,7 @@ def _train(
     s = cfg.scaling
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": plan},
+        train_loop_config=by_reference({"plan": plan}),
         torch_config=TorchConfig(timeout_s=int(s.collective_timeout_s)),
         scaling_config=_worker_group(cfg),
         run_config=RunConfig(

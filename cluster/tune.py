@@ -141,6 +141,12 @@ def search_space(cfg: HoneConfig) -> dict[str, Any]:
     return space
 
 
+def population(cfg: HoneConfig) -> int:
+    """How many trials the sweep runs: every grid point, num_samples times."""
+    grids = [len(dim.values) for dim in cfg.tune.space.values() if dim.type == "grid"]
+    return cfg.tune.num_samples * math.prod(grids)
+
+
 def _number(value: Any) -> Any:
     # YAML 1.1 reads 1e-5 as a string; a search value that looks like a number is one.
     if isinstance(value, str):
@@ -231,7 +237,9 @@ def _fit(cfg: HoneConfig, sweep: Path) -> Any:
 
 
 def _scheduler(cfg: HoneConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from hone.cluster.pbt import OwnSlotsPBT
 
     t = cfg.tune
     if t.scheduler == "asha":
@@ -246,7 +254,8 @@ def _scheduler(cfg: HoneConfig) -> Any:
             key: [_number(v) for v in dim.values] if dim.type in ("choice", "grid") else space[key]
             for key, dim in cfg.tune.space.items()
         }
-        return PopulationBasedTraining(
+        return OwnSlotsPBT(
+            all_have_slots=population(cfg) <= t.max_concurrent_trials,
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
             quantile_fraction=t.quantile_fraction,

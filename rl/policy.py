@@ -37,9 +37,10 @@ def free_address() -> tuple[str, int]:
 
 class PolicyWorker(Located):
     def __init__(self, cfg: HoneConfig, resolved: str, rank: int, world: int, total_steps: int) -> None:
+        from hone.training.ds_config import import_deepspeed
+
         self.cfg = cfg
-        if not self.cfg.scaling.use_gpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        import_deepspeed(self.cfg.scaling.use_gpu)
         import torch
 
         take_turns = not self.cfg.rl.async_rollout and not self.cfg.scaling.use_gpu

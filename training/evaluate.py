@@ -19,6 +19,7 @@ from hone.training.batches import collate_pairs
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES, Row, normalize_answer
 from hone.training.forward import pair_scores, summed_loss, summed_pair_stats
+from hone.training.handoff import dereference
 from hone.training.shards import ALONE, Shard
 from hone.training.tokens import Example, generation_prompt, reference_completion
 
@@ -61,11 +62,11 @@ def on_sharded_model(loop_config: dict[str, Any]) -> None:
     then freed); `job(model, tokenizer, shard=..., **args)` splits its work over the ranks and returns the
     same result on each. Every rank reports to the driver's RunLog the result, and how many of its
     parameters it held only a partition of."""
-    import os
+    from hone.training.ds_config import import_deepspeed
 
+    loop_config = dereference(loop_config)
     cfg: HoneConfig = loop_config["args"]["cfg"]
-    if not cfg.scaling.use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    import_deepspeed(cfg.scaling.use_gpu)
     import ray
     import ray.train
     import torch

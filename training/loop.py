@@ -24,9 +24,10 @@ from typing import Any
 from hone.training.batches import apply_mlm_masking, collate, collate_pairs, example_indices
 from hone.training.config import HoneConfig
 from hone.training.data import PREFERENCE_MODES
-from hone.training.ds_config import cpu_autocast, engine_config, initialize_engine
+from hone.training.ds_config import cpu_autocast, engine_config, import_deepspeed, initialize_engine
 from hone.training.evaluate import heldout_loss
 from hone.training.forward import step_loss_sum, step_target_count
+from hone.training.handoff import dereference
 from hone.training.shards import Shard
 from hone.training.token_cache import TokenTable
 from hone.training.tokens import Example
@@ -51,12 +52,11 @@ class TrainPlan:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's train_func; `loop_config` is {"plan": TrainPlan}."""
+    """Ray Train's train_func; `loop_config` is `by_reference({"plan": TrainPlan})` (training/handoff.py)."""
     started = time.perf_counter()
-    plan: TrainPlan = loop_config["plan"]
+    plan: TrainPlan = dereference(loop_config)["plan"]
     cfg = plan.config
-    if not cfg.scaling.use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    import_deepspeed(cfg.scaling.use_gpu)
     import ray
     import ray.train
     import torch

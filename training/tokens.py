@@ -14,10 +14,17 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from trl.data_utils import common_prefix_length, pack_dataset
-
 from hone.training.data import DataError, DataWarning, Row
 from hone.training.examples import IGNORE, Example, TokenStats
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """TRL's, imported on first use: a training worker imports this module for its types and would pay
+    ~1 s at every start for TRL (and the datasets library it pulls in) it never calls."""
+    from trl.data_utils import common_prefix_length as trl_common_prefix_length
+
+    return trl_common_prefix_length(a, b)
+
 
 # ----------------------------------------------------------------------------------------------------
 # Supervised: prompt -> completion, loss on the completion only
@@ -376,5 +383,7 @@ def _bfd(examples: list[Example], seq_length: int) -> list[tuple[list[int], list
     import datasets
 
     columns = {k: [e[k] for e in examples] for k in ("input_ids", "labels")}
+    from trl.data_utils import pack_dataset
+
     packed = pack_dataset(datasets.Dataset.from_dict(columns), seq_length=seq_length, strategy="bfd")
     return [(row["input_ids"], row["labels"], row["seq_lengths"]) for row in packed]

@@ -72,3 +72,28 @@ def test_zero_stage_reproduces_stage_0s_losses(trained, stage):
 
 def test_stage_0_losses_are_the_golden_list(trained):
     assert trained(0)["losses"] == pytest.approx(GOLDEN_LOSSES, rel=GOLDEN_TOLERANCE, abs=0)
+
+
+def test_a_worker_groups_controller_is_handed_no_hone_code(assets, local_ray):
+    """Ray Train unpickles `train_loop_config` in its controller too: a plan passed by value made the
+    controller import hone.training, torch and transformers (~5 s at every run, stage and sharded
+    evaluation). Passed by reference, its pickle names no hone module, and the workers get the plan back."""
+    import ray
+    from ray import cloudpickle
+
+    from hone.training.handoff import by_reference, dereference
+
+    cfg = load_config(None, sft_overrides(assets, Path("unused")))
+    handed = by_reference({"plan": cfg})
+    assert b"hone.training" not in cloudpickle.dumps(handed)
+    assert b"hone.training" in cloudpickle.dumps({"plan": cfg})  # what the controller was handed before
+    assert ray.get(ray.remote(lambda h: dereference(h)["plan"] == cfg).remote(handed))
+
+
+def test_a_training_worker_imports_neither_trl_nor_datasets():
+    """hone.training.tokens imports TRL on first use: a worker imports the module for its types only."""
+    import subprocess
+    import sys
+
+    code = "import sys, hone.training.loop, hone.training.evaluate; print(sorted({'trl', 'datasets'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
