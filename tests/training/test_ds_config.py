@@ -43,3 +43,22 @@ def test_deepspeed_is_imported_without_mlflow_which_imports_as_before_after():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "False", "mlflow"]
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_runs_in_fp32(tmp_path, capsys):
+    """Without AVX-512 or AMX, torch's bf16 matmul is a slow fallback (~90x fp32's time on an AVX2-only
+    EPYC): bf16 autocast and bf16 generation are used only where the CPU has it."""
+    from hone.training.ds_config import _say_bf16_is_off, cpu_autocast, cpu_bf16_is_fast
+    from hone.training.generation import HfEngine
+    from tests.tiny import make_causal_model
+
+    _say_bf16_is_off.cache_clear()  # said once per process
+
+    fast = cpu_bf16_is_fast()
+    assert fast == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = from_dict({"model": {"source": "m"}, "data": {"train": ["d"]}, "deepspeed": {"precision": "bf16"}})
+    with cpu_autocast(bf16):
+        assert torch.is_autocast_enabled("cpu") is fast
+    assert ("runs in fp32 on this CPU" in capsys.readouterr().out) is not fast
+    engine = HfEngine.load(str(make_causal_model(tmp_path / "llama")), dtype="bfloat16")
+    assert next(engine.model.parameters()).dtype is (torch.bfloat16 if fast else torch.float32)
