@@ -184,6 +184,7 @@ def skip_cpu_inference_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+@functools.cache  # asked at every training step (cpu_autocast); the CPU does not change
 def cpu_bf16_is_fast() -> bool:
     """Whether this CPU multiplies bf16 through oneDNN (AVX-512 or AMX). Without it (AVX2-only CPUs: many AMD
     and older Intel machines) torch takes a slow fallback: a 512x576 by 576x1536 matmul took 777 ms in bf16

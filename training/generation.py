@@ -127,7 +127,7 @@ class HfEngine:
         if threads:
             torch.set_num_threads(threads)
         if dtype == "bfloat16" and not torch.cuda.is_available() and not cpu_bf16_is_fast():
-            dtype = "float32"  # bf16 without AVX-512 or AMX is a slow fallback, ~50x fp32's time
+            dtype = "float32"  # bf16 without AVX-512 or AMX: a slow fallback (cpu_bf16_is_fast)
         model_cfg = ModelConfig(source=source)
         tokenizer = load_tokenizer(model_cfg, source)
         model = load_model(model_cfg, source, "causal", dtype=getattr(torch, dtype)).eval()
